@@ -1,0 +1,5 @@
+"""pacx.data."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""pacx.engine."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
