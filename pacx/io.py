@@ -104,7 +104,8 @@ def save_safetensors(
     from safetensors.torch import save_file
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    # None rather than {}: safetensors writes an unreadable header for no tensors + empty metadata.
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()} or None
     return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
 
 

@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .cosine_regression import CosineRegressionLoss
+from .global_infonce import GlobalInfoNCE
+
+__all__: list[str] = ["CosineRegressionLoss", "GlobalInfoNCE"]

@@ -1,0 +1,37 @@
+"""Fixtures shared by the evaluation tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # The test machine is shared: several intra-op threads on 2 busy cores are many times
+    # slower than one for these tiny models. Restored after each test.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_tiny_vit(seed: int = 0, img_size: int = 32, patch_size: int = 8) -> VisionTransformer:
+    """A tiny timm ViT (class token, num_classes=0) with seeded weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VisionTransformer(
+            img_size=img_size, patch_size=patch_size, embed_dim=32, depth=2, num_heads=2, num_classes=0
+        )
+
+
+@pytest.fixture
+def tiny_vit() -> VisionTransformer:
+    return make_tiny_vit()
+
+
+@pytest.fixture
+def make_vit():
+    """Factory fixture: ``make_vit(seed=0, img_size=32, patch_size=8)``."""
+    return make_tiny_vit
