@@ -176,7 +176,7 @@ def lookup_peak_tflops(device: torch.device, override: float | None = None) -> f
 
 
 def mfu(flops_per_step: float, seconds_per_step: float, peak_tflops: float | None) -> float | None:
-    """Model FLOP utilisation in [0, 1], or None without a known peak."""
+    """Model FLOP utilisation in percent of the peak, or None without a known peak (CPU)."""
     if not peak_tflops or seconds_per_step <= 0:
         return None
-    return flops_per_step / seconds_per_step / (peak_tflops * 1e12)
+    return 100.0 * flops_per_step / seconds_per_step / (peak_tflops * 1e12)

@@ -62,6 +62,12 @@ class Measurement:
         return statistics.median(self.seconds)
 
     @property
+    def best(self) -> float:
+        """Fastest run: on a loaded machine interference only ever slows a run down, so ratios of
+        the fastest runs are a second, load-robust estimate next to the paired medians."""
+        return min(self.seconds)
+
+    @property
     def spread(self) -> float:
         """(max - min) / median of the timed runs: a crude noise indicator."""
         return (max(self.seconds) - min(self.seconds)) / self.median if self.seconds else float("nan")
@@ -92,6 +98,8 @@ def measure(
 ) -> dict[str, Measurement]:
     """Median-ready timings of several zero-argument callables, interleaved round by round.
 
+    Each round runs every candidate once, in an order rotated by one position per round.
+
     Args:
         candidates: name -> callable doing one unit of work (e.g. one training step).
         device: where the work runs (synchronised around every timed call on CUDA).
@@ -106,8 +114,12 @@ def measure(
             fn()
     sync(device)
     out = {name: Measurement(name) for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for round_index in range(repeats):
+        # rotate the order every round so no candidate always runs first (cold caches) or last
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = candidates[name]
             sync(device)
             start = time.perf_counter()
             fn()

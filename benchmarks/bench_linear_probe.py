@@ -43,18 +43,27 @@ def synthetic_images(n: int, size: int, seed: int) -> tuple[torch.Tensor, np.nda
 
 @torch.no_grad()
 def _tokens(encoder: VisionTransformer, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    return torch.cat([encoder.forward_features(images[i : i + batch].to(device))[:, 0] for i in range(0, len(images), batch)])
+    chunks = [images[i : i + batch].to(device) for i in range(0, len(images), batch)]
+    return torch.cat([encoder.forward_features(chunk)[:, 0] for chunk in chunks])
 
 
 def probe_rerunning_backbone(
-    encoder: VisionTransformer, data: dict, epochs: int, lr: float, wd: float, batch: int, seed: int, device: torch.device
+    encoder: VisionTransformer,
+    data: dict,
+    epochs: int,
+    lr: float,
+    wd: float,
+    batch: int,
+    seed: int,
+    device: torch.device,
 ) -> dict:
     """The reference's cost model: frozen backbone forward inside every step and every validation."""
     encoder.eval().to(device)
     x_tr, y_tr_np = data["train"]
     y_tr = _targets(y_tr_np, "binary", 1).to(device)
     head = _init_head(encoder.embed_dim, 1, seed).to(device)
-    opt = torch.optim.AdamW([{"params": [head.weight], "weight_decay": wd}, {"params": [head.bias], "weight_decay": 0.0}], lr=lr)
+    groups = [{"params": [head.weight], "weight_decay": wd}, {"params": [head.bias], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.0)
     loss_fn = _loss_fn("binary")
     gen = torch.Generator().manual_seed(seed + 1)
@@ -70,7 +79,8 @@ def probe_rerunning_backbone(
             opt.step()
         sched.step()
         with torch.no_grad():
-            val = macro_auroc(_probs(head(_tokens(encoder, data["val"][0], batch, device)), "binary"), data["val"][1], warn=False)
+            val_probs = _probs(head(_tokens(encoder, data["val"][0], batch, device)), "binary")
+            val = macro_auroc(val_probs, data["val"][1], warn=False)
         key = (1, val) if not math.isnan(val) else (0, 0.0)
         if best is None or key > best:
             best, best_state = key, copy.deepcopy(head.state_dict())
@@ -86,7 +96,10 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=256)
     parser.add_argument("--n-eval", type=int, default=64, help="validation and test images each")
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64, help="probe batch (paper: 512; smaller so a few hundred images give several steps)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64,
+        help="probe batch (paper: 512; smaller so a few hundred images give several steps per epoch)",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=8)
@@ -108,9 +121,12 @@ def main() -> None:
     kw = {"epochs": args.epochs, "lr": args.lr, "weight_decay": 0.01, "batch_size": args.batch_size, "seed": args.seed}
 
     with stopwatch() as t_cached:
-        feats = {s: extract_features(encoder, x, batch_size=args.batch_size, device=device) for s, (x, _) in data.items()}
+        feats = {
+            s: extract_features(encoder, x, batch_size=args.batch_size, device=device) for s, (x, _) in data.items()
+        }
         cached = train_linear_probe(
-            feats["train"], data["train"][1], feats["val"], data["val"][1], feats["test"], data["test"][1], device=device, **kw
+            feats["train"], data["train"][1], feats["val"], data["val"][1], feats["test"], data["test"][1],
+            device=device, **kw,
         )
     with stopwatch() as t_rerun:
         rerun = probe_rerunning_backbone(encoder, data, args.epochs, args.lr, 0.01, args.batch_size, args.seed, device)
@@ -118,7 +134,11 @@ def main() -> None:
     ratio = t_rerun[0] / t_cached[0]
     max_dp = float(np.abs(cached["test_probs"] - rerun["test_probs"]).max())
     rows = [
-        {"path": "cached features (extract once + probe)", "seconds": t_cached[0], "test AUROC": cached["metrics"]["auroc"]},
+        {
+            "path": "cached features (extract once + probe)",
+            "seconds": t_cached[0],
+            "test AUROC": cached["metrics"]["auroc"],
+        },
         {"path": "backbone re-run every epoch", "seconds": t_rerun[0], "test AUROC": rerun["auroc"]},
     ]
     print_table("linear probe, same protocol", ["path", "seconds", "test AUROC"], rows, digits=4)

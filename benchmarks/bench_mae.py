@@ -146,7 +146,7 @@ def ratio_table(args: argparse.Namespace, device: torch.device, amp: Any, peak: 
             "optimizer share": max(1.0 - fwdbwd_share, 0.0),
             "step ms": 1e3 * step,
             "spread": t["step"].spread,
-            "MFU": mfu(flops, step, peak),
+            "MFU %": mfu(flops, step, peak),
             "peak MiB": fmt_mib(peak_memory_bytes(runners[label].step, device)),
         })
     return rows
@@ -167,8 +167,8 @@ def compile_table(args: argparse.Namespace, device: torch.device, amp: Any, peak
             "eager images/s": args.batch / times["eager"].median,
             "compiled images/s": args.batch / times["compiled"].median,
             "compile speed-up": paired_ratio(times["eager"], times["compiled"]),
-            "eager MFU": mfu(flops, times["eager"].median, peak),
-            "compiled MFU": mfu(flops, times["compiled"].median, peak),
+            "eager MFU %": mfu(flops, times["eager"].median, peak),
+            "compiled MFU %": mfu(flops, times["compiled"].median, peak),
             "eager peak MiB": fmt_mib(peak_memory_bytes(eager.step, device)),
             "compiled peak MiB": fmt_mib(peak_memory_bytes(comp.step, device)),
         })
@@ -186,7 +186,7 @@ def batch_table(args: argparse.Namespace, device: torch.device, amp: Any, peak: 
         rel = (b / args.batch) * paired_ratio(times[str(args.batch)], times[str(b)])  # images/s ratio
         rows.append({
             "batch": b, "images/s": b / times[str(b)].median, f"vs batch {args.batch}": rel,
-            "MFU": mfu(mae_flops(mae, b, ratio).training(), times[str(b)].median, peak),
+            "MFU %": mfu(mae_flops(mae, b, ratio).training(), times[str(b)].median, peak),
             "peak MiB": fmt_mib(peak_memory_bytes(runners[b].step, device)),
         })
     return rows
@@ -208,7 +208,7 @@ def image_size_table(args: argparse.Namespace, device: torch.device, amp: Any, p
         rows.append({
             "image size": size, "patches L": mae.num_patches, "visible": 1 + mae.num_visible(ratio),
             "images/s": args.batch / times[str(size)].median, f"vs {ref_size} px": paired_ratio(times[str(ref_size)], times[str(size)]),
-            "MFU": mfu(mae_flops(mae, args.batch, ratio).training(), times[str(size)].median, peak),
+            "MFU %": mfu(mae_flops(mae, args.batch, ratio).training(), times[str(size)].median, peak),
             "peak MiB": fmt_mib(peak_memory_bytes(runners[size].step, device)),
         })
     return rows

@@ -5,6 +5,8 @@ Prints, per task, the held-out AUROC of simple linear read-outs of each modality
 * ``pixels``      ridge on standardised raw CXR pixels (the shortcut a leak would open);
 * ``pixels_pca``  ridge on the top 64 principal components of the pixels;
 * ``true_ctr``    the generator's own cardiothoracic ratio (the cue the CXR does carry);
+* ``cxr_oracle_cues`` ridge on the latent heart size, effusion and haze that drive the CXR
+  cues: about the most any CXR encoder can reach;
 * ``labs``        ridge on the 50 lab percentiles + 50 observed flags;
 * ``ecg_signal``  ridge on simple features computed from the written [-1, 1] ECG;
 * ``ecg_params``  ridge on the ECG "machine measurements" (HR, QRS, PR, QTc, axis, ST, Sokolow);
@@ -88,15 +90,17 @@ def ecg_signal_features(ecg: np.ndarray) -> np.ndarray:
     return np.concatenate([q, slope, np.log(bands + 1e-9), hr[:, None]], 1)
 
 
-def nodule_patch_features(images: np.ndarray) -> np.ndarray:
-    """Local patch statistics: top responses of a nodule-scale centre-surround filter."""
-    from scipy.ndimage import gaussian_filter
+def nodule_patch_features(images: np.ndarray, lung_masks: np.ndarray) -> np.ndarray:
+    """Local patch statistics: the top responses of a nodule-scale blob filter inside the lungs."""
+    from scipy.ndimage import binary_erosion, gaussian_filter
 
     size = images.shape[-1]
-    s1, s2 = 1.5 * size / 64, 4.0 * size / 64
+    s1, s2 = 2.0 * size / 64, 5.0 * size / 64
     dog = gaussian_filter(images, (0, s1, s1)) - gaussian_filter(images, (0, s2, s2))
-    flat = np.sort(dog.reshape(len(images), -1), axis=1)[:, ::-1]
-    return np.concatenate([flat[:, :16], flat[:, [32, 64, 128]]], 1)
+    erode = max(1, round(2 * size / 64))
+    inside = np.stack([binary_erosion(m, iterations=erode) for m in lung_masks])
+    flat = np.sort(np.where(inside, dog, -1.0).reshape(len(images), -1), axis=1)[:, ::-1]
+    return flat[:, :20]
 
 
 def audit(n_patients: int, image_size: int, seed: int, ecg_patients: int | None = None) -> dict:
@@ -105,18 +109,21 @@ def audit(n_patients: int, image_size: int, seed: int, ecg_patients: int | None 
     raw, observed = syn.simulate_labs(state, rng)
     n_fit = int(0.6 * n_patients)
     pct, _ = syn.labs_to_percentiles(raw, raw[:n_fit])
-    images, ctrs, ecg_feats, ecg_params = [], [], [], []
+    images, masks, ctrs, ecg_feats, ecg_params = [], [], [], [], []
     for lo in range(0, n_patients, 256):
         sub = {k: v[lo : lo + 256] for k, v in state.items()}
-        img, _, info = syn.render_cxr(sub, image_size, rng)
+        img, mask, info = syn.render_cxr(sub, image_size, rng)
         images.append(img)
+        masks.append(mask)
         ctrs.append(info["ctr"])
         if ecg_patients is None or lo < ecg_patients:
             ecg, p = syn.simulate_ecg(sub, rng)
             ecg_feats.append(ecg_signal_features(ecg))
-            ecg_params.append(np.stack([p[k] for k in ("hr", "qrs_ms", "pr_ms", "qtc_ms", "axis_deg", "st_mv", "sokolow_mv")], 1))
-    images = np.concatenate(images)
+            keys = ("hr", "qrs_ms", "pr_ms", "qtc_ms", "axis_deg", "st_mv", "sokolow_mv")
+            ecg_params.append(np.stack([p[k] for k in keys], 1))
+    images, masks = np.concatenate(images), np.concatenate(masks)
     ctr = np.concatenate(ctrs)
+    oracle_cues = np.stack([state["heart_size"], state["effusion"], state["haze"]], 1)
     ecg_feats, ecg_params = np.concatenate(ecg_feats), np.concatenate(ecg_params)
     n_ecg = len(ecg_feats)
     pix = images.reshape(n_patients, -1)
@@ -133,6 +140,7 @@ def audit(n_patients: int, image_size: int, seed: int, ecg_patients: int | None 
             "pixels": ridge_auroc(pix, y, n_fit),
             "pixels_pca": ridge_auroc(pcs, y, n_fit),
             "true_ctr": auroc(ctr[n_fit:], y[n_fit:]),
+            "cxr_oracle_cues": ridge_auroc(oracle_cues, y, n_fit),
             "labs": ridge_auroc(labs_x, y, n_fit),
             "ecg_signal": ridge_auroc(ecg_feats, y[:n_ecg], int(0.6 * n_ecg)),
             "ecg_params": ridge_auroc(ecg_params, y[:n_ecg], int(0.6 * n_ecg)),
@@ -143,7 +151,7 @@ def audit(n_patients: int, image_size: int, seed: int, ecg_patients: int | None 
         "prevalence": float(y.mean()),
         "pixels": ridge_auroc(pix, y, n_fit),
         "pixels_pca": ridge_auroc(pcs, y, n_fit),
-        "patch_stats": ridge_auroc(nodule_patch_features(images), y, n_fit),
+        "patch_stats": ridge_auroc(nodule_patch_features(images, masks), y, n_fit),
         "labs": ridge_auroc(labs_x, y, n_fit),
     }
     return results

@@ -165,7 +165,8 @@ _LABS: tuple[tuple[int, str, float, float, bool, int, str, dict[str, float]], ..
     (51274, "PT", 13.0, 0.25, True, 1, "coag", {"liver": 0.35, "coag": 0.55}),
     (51275, "PTT", 32.0, 0.30, True, 1, "coag", {"coag": 0.40}),
     (51277, "RDW", 14.5, 0.12, True, 1, "cbc", {"cardiac": 0.30, "anaemia": 0.30, "age": 0.15, "rdw": 0.5}),
-    (51279, "Red Blood Cells", 3.9, 0.7, False, 2, "cbc", {"anaemia": -0.55, "congestion": -0.15, "sex": 0.15, "rbc": 0.4}),
+    (51279, "Red Blood Cells", 3.9, 0.7, False, 2, "cbc",
+     {"anaemia": -0.55, "congestion": -0.15, "sex": 0.15, "rbc": 0.4}),
     (51301, "White Blood Cells", 9.0, 0.40, True, 1, "cbc", {"inflammation": 0.55, "wbc": 0.3}),
     (51678, "L", 12.0, 0.80, True, 0, "hil", {}),
     (52069, "Absolute Basophil Count", 0.04, 0.60, True, 2, "abs_diff", {"wbc": 0.3}),
@@ -596,13 +597,15 @@ def _heart_vector(p: Mapping[str, np.ndarray], t: np.ndarray) -> np.ndarray:
     axis = np.deg2rad(p["axis_deg"])
     r_amp = p["r_amp"]
     # Wave centre (s from R peak), width (s), direction (mV): P, septal Q, R, S, T.
-    p_dir = 0.14 * np.stack([np.full_like(rr, math.cos(0.96)), np.full_like(rr, math.sin(0.96)), np.full_like(rr, 0.15)], -1)
+    p_dir = np.broadcast_to(0.14 * np.array([math.cos(0.96), math.sin(0.96), 0.15]), (rr.size, 3))  # 55 deg
     q_dir = 0.20 * r_amp[:, None] * np.array([-0.6, 0.2, 0.8])
     r_dir = r_amp[:, None] * np.stack([np.cos(axis), np.sin(axis), np.full_like(rr, -0.35)], -1)
     s_dir = 0.35 * r_amp[:, None] * np.array([-0.5, -0.4, -0.75])
     t_axis = axis - np.deg2rad(15.0)
     t_dir = p["t_amp"][:, None] * np.stack([np.cos(t_axis), np.sin(t_axis), np.full_like(rr, 0.45)], -1)
-    centres = np.stack([-qrs / 2 - p["pr_ms"] / 1000.0 + 0.05, -0.32 * qrs, 0 * qrs, 0.30 * qrs, -qrs / 2 + qt - 0.11 * np.sqrt(rr)], -1)
+    p_centre = -qrs / 2 - p["pr_ms"] / 1000.0 + 0.05  # PR interval: P onset to QRS onset
+    t_centre = -qrs / 2 + qt - 0.11 * np.sqrt(rr)  # T peak about 110 ms before the end of QT
+    centres = np.stack([p_centre, -0.32 * qrs, 0 * qrs, 0.30 * qrs, t_centre], -1)
     widths = np.stack([np.full_like(rr, 0.022), 0.09 * qrs, 0.13 * qrs, 0.10 * qrs, 0.048 * np.sqrt(rr)], -1)
     dirs = np.stack([p_dir, q_dir, r_dir, s_dir, t_dir], 1)  # (B, 5, 3)
 
@@ -636,12 +639,15 @@ def _lead_matrix(p: Mapping[str, np.ndarray]) -> np.ndarray:
 def _limb_to_mimic(electrodes: np.ndarray) -> np.ndarray:
     """(B, T, 8) [I, II, V1..V6] -> (B, T, 12) in MIMIC order via Einthoven/Goldberger."""
     lead_i, lead_ii = electrodes[..., 0], electrodes[..., 1]
-    lead_iii = lead_ii - lead_i
-    avr = -(lead_i + lead_ii) / 2.0
-    avf = lead_ii - lead_i / 2.0
-    avl = lead_i - lead_ii / 2.0
-    limb = np.stack([lead_i, lead_ii, lead_iii, avr, avf, avl], -1)
-    return np.concatenate([limb, electrodes[..., 2:]], -1)
+    out = np.empty(electrodes.shape[:-1] + (12,), dtype=electrodes.dtype)
+    out[..., 0] = lead_i
+    out[..., 1] = lead_ii
+    np.subtract(lead_ii, lead_i, out=out[..., 2])  # III = II - I
+    out[..., 3] = -0.5 * (lead_i + lead_ii)  # aVR
+    out[..., 4] = lead_ii - 0.5 * lead_i  # aVF = (II + III) / 2
+    out[..., 5] = lead_i - 0.5 * lead_ii  # aVL = (I - III) / 2
+    out[..., 6:] = electrodes[..., 2:]
+    return out
 
 
 def simulate_ecg(
@@ -650,9 +656,9 @@ def simulate_ecg(
     """Simulate 10-s, 500-Hz, 12-lead ECGs (vectorised over patients).
 
     A 3-D cardiac dipole (P, septal Q, R, S, T waves and an ST injury plateau) is evaluated once
-    per patient as a template beat on a grid of 1024 phases, projected on leads I, II and V1-V6,
-    and tiled at the patient's heart rate (with respiratory sinus arrhythmia) by linear
-    interpolation. Baseline wander, white noise and mains hum are added per electrode lead;
+    per patient as a template beat on a grid of 2048 phases, projected on leads I, II and V1-V6,
+    and tiled at the patient's heart rate (with respiratory sinus arrhythmia) by a
+    nearest-phase lookup. Baseline wander, white noise and mains hum are added per electrode lead;
     III, aVR, aVL and aVF are then derived exactly from I and II, so Einthoven's and
     Goldberger's relations hold.
 
@@ -676,16 +682,18 @@ def simulate_ecg(
     grid = np.arange(n_phase, dtype=np.float32)[None, :] / n_phase * rr.astype(np.float32)[:, None]
     template = np.matmul(_heart_vector(p, grid), _lead_matrix(p))  # (B, n_phase, 8)
 
-    # Tile: beat phase of every sample, respiratory sinus arrhythmia as a smooth time warp.
-    t0 = np.arange(n_t, dtype=np.float64)[None, :] / fs
-    warp = p["rsa_s"][:, None] * np.sin(2 * np.pi * p["resp_hz"][:, None] * t0 + p["resp_phase"][:, None])
-    pos = (t0 + warp) / rr[:, None] + p["phase"][:, None]
-    pos = (pos - np.floor(pos)) * n_phase
-    i0 = np.minimum(pos.astype(np.int64), n_phase - 1)
-    w = (pos - i0).astype(np.float32)[..., None]
-    base = (np.arange(b, dtype=np.int64) * n_phase)[:, None]
-    flat = template.reshape(b * n_phase, 8)
-    electrodes = flat[base + i0] * (1.0 - w) + flat[base + (i0 + 1) % n_phase] * w  # (B, T, 8)
+    # Tile: beat phase of every sample (respiratory sinus arrhythmia as a smooth time warp), then
+    # a nearest-phase lookup into the template (grid step <= 0.8 ms, below the 2-ms sampling).
+    t0 = np.arange(n_t, dtype=np.float32)[None, :] / fs
+    f32 = lambda k: p[k].astype(np.float32)[:, None]  # noqa: E731
+    beats_per_s = f32("hr") / 60.0
+    pos = (t0 + f32("rsa_s") * np.sin(2 * np.pi * f32("resp_hz") * t0 + f32("resp_phase"))) * beats_per_s
+    pos += f32("phase")
+    pos -= np.floor(pos)
+    idx = np.minimum((pos * n_phase).astype(np.int64), n_phase - 1)
+    idx += (np.arange(b, dtype=np.int64) * n_phase)[:, None]
+    electrodes = template.reshape(b * n_phase, 8)[idx]  # (B, T, 8)
+    del pos, idx
 
     # Baseline wander: two slow sinusoids per electrode lead, evaluated on a coarse grid and
     # interpolated by a matrix product (cheap); then white noise and mains hum.
@@ -696,9 +704,8 @@ def simulate_ecg(
     wander = (amp * np.sin(2 * np.pi * freq * coarse_t + ph)).sum(2).astype(np.float32)  # (B, 8, K)
     # One 2-D GEMM: numpy's batched matmul against a broadcast matrix is an order slower.
     electrodes += (wander.reshape(b * 8, -1) @ _wander_interpolation()).reshape(b, 8, n_t).transpose(0, 2, 1)
-    electrodes += p["noise_mv"].astype(np.float32)[:, None, None] * rng.standard_normal(electrodes.shape, dtype=np.float32)
-    t32 = t0.astype(np.float32)
-    mains = p["mains_mv"].astype(np.float32)[:, None] * np.sin(2 * np.pi * p["mains_hz"].astype(np.float32)[:, None] * t32)
+    electrodes += f32("noise_mv")[:, :, None] * rng.standard_normal(electrodes.shape, dtype=np.float32)
+    mains = f32("mains_mv") * np.sin(2 * np.pi * f32("mains_hz") * t0)
     electrodes += mains[:, :, None]
     ecg = _limb_to_mimic(electrodes)
 
@@ -707,11 +714,13 @@ def simulate_ecg(
     if scale_to_unit:
         lo = ecg.min(axis=(1, 2), keepdims=True)
         hi = ecg.max(axis=(1, 2), keepdims=True)
-        ecg = (ecg - lo) * (2.0 / np.maximum(hi - lo, 1e-6)) - 1.0
+        ecg -= lo
+        ecg *= 2.0 / np.maximum(hi - lo, 1e-6)
+        ecg -= 1.0
     return ecg.astype(np.float32, copy=False), p
 
 
-_TEMPLATE_PHASES = 1024
+_TEMPLATE_PHASES = 2048
 _WANDER_KNOTS = 81
 
 
@@ -819,7 +828,8 @@ def labs_to_percentiles(
     train_values = np.asarray(train_values, dtype=np.float64)
     if values.ndim != 2 or train_values.ndim != 2 or values.shape[1] != train_values.shape[1]:
         raise ValueError(
-            f"values and train_values must be 2-D with the same number of columns, got {values.shape} and {train_values.shape}"
+            "values and train_values must be 2-D with the same number of columns, got "
+            f"{values.shape} and {train_values.shape}"
         )
     out = np.empty(values.shape, dtype=np.float32)
     means = np.empty(values.shape[1])
@@ -954,36 +964,77 @@ def make_cohort(
 
     root = Path(root)
     own = _read_parameters(root)
-    if own is not None:
-        if own == params and not force:
-            return root
+    if own is not None:  # ``root`` is itself a cohort folder
         if own != params:
             raise ValueError(
                 f"root {root} is itself a cohort with different parameters ({own}); pass the folder "
                 "that holds cohorts instead"
             )
-    target = root / f"cohort_{_params_hash(params)}"
-    if not force and _read_parameters(target) == params:
-        return target
+        if not force:
+            return root
+        target, container = root, root.parent
+    else:
+        target, container = root / f"cohort_{_params_hash(params)}", root
+        if not force and _read_parameters(target) == params:
+            return target
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    container.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=container))
     try:
         _generate(tmp, params, sizes, _default_workers() if num_workers is None else num_workers)
         if target.exists():
             if not force and _read_parameters(target) == params:  # another process won the race
                 shutil.rmtree(tmp, ignore_errors=True)
                 return target
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=root))
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=container))
             os.replace(target, trash / "old")
             os.replace(tmp, target)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # a concurrent run renamed an identical cohort into place first
+                if _read_parameters(target) != params:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# Per-patient values kept from rendering for latent/<split>.csv (analysis only).
+_CHUNK_INFO_KEYS = ("ctr", "device", "nodule_radius_px", "hr", "qrs_ms", "axis_deg", "st_mv", "sokolow_mv")
+
+
+class _NpyWriter:
+    """Stream row chunks into a ``.npy`` file with plain sequential writes.
+
+    Sequential writes (rather than a memory map) keep the resident memory of a 10,000-patient
+    cohort bounded by one chunk; ``close`` checks that exactly the declared rows arrived.
+    """
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(shape)
+        self.expected = int(np.prod(shape)) * self.dtype.itemsize
+        self.written = 0
+        self.fh = open(path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.fh, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]} do not match {self.shape[1:]}")
+        self.fh.write(rows.tobytes())
+        self.written += rows.nbytes
+
+    def close(self, check: bool = True) -> None:
+        if self.fh.closed:
+            return
+        self.fh.close()
+        if check and self.written != self.expected:
+            raise RuntimeError(f"{self.path}: wrote {self.written} bytes of data, expected {self.expected}")
 
 
 def _render_chunk(sub: Mapping[str, np.ndarray], size: int, key: tuple[int, ...]) -> dict:
@@ -995,8 +1046,7 @@ def _render_chunk(sub: Mapping[str, np.ndarray], size: int, key: tuple[int, ...]
     cxr = np.ascontiguousarray((img[:, None, :, :] - mean) / std, dtype=np.float32)
     ecg, ecg_params = simulate_ecg(sub, rng)
     labels = _ecg_labels(ecg_params, rng)
-    rows = {k: info[k] for k in ("ctr", "device", "nodule_radius_px")}
-    rows.update({k: ecg_params[k] for k in ("hr", "qrs_ms", "axis_deg", "st_mv", "sokolow_mv")})
+    rows = {k: (info[k] if k in info else ecg_params[k]) for k in _CHUNK_INFO_KEYS}
     return {"cxr": cxr, "ecg": np.ascontiguousarray(ecg[:, None]), "lung": lung, "labels": labels, "info": rows}
 
 
@@ -1061,29 +1111,33 @@ def _generate(out: Path, params: Mapping, sizes: Mapping[str, int], num_workers:
         m = idx.size
         folder = out / "data_npy" / split
         folder.mkdir(parents=True)
-        arrays = {
-            "cxr": np.lib.format.open_memmap(folder / f"cxr_{split}.npy", "w+", np.float32, (m, 3, size, size)),
-            "ecg": np.lib.format.open_memmap(folder / f"ecg_{split}.npy", "w+", np.float32, (m, 1, ECG_SAMPLES, 12)),
-            "lung": np.lib.format.open_memmap(out / "tasks" / f"lung_mask_{split}.npy", "w+", np.uint8, (m, size, size)),
+        writers = {
+            "cxr": _NpyWriter(folder / f"cxr_{split}.npy", np.float32, (m, 3, size, size)),
+            "ecg": _NpyWriter(folder / f"ecg_{split}.npy", np.float32, (m, 1, ECG_SAMPLES, 12)),
+            "lung": _NpyWriter(out / "tasks" / f"lung_mask_{split}.npy", np.uint8, (m, size, size)),
         }
-        hashers = {k: hashlib.sha256() for k in arrays}
+        hashers = {k: hashlib.sha256() for k in writers}
         ecg_labels = {k: np.zeros(m, np.int64) for k in ECG_LABELS}
-        latent_rows: dict[str, np.ndarray] = {k: np.zeros(m, np.float32) for k in ("ctr", "device", "nodule_radius_px", "hr", "qrs_ms", "axis_deg", "st_mv", "sokolow_mv")}
+        latent_rows: dict[str, np.ndarray] = {k: np.zeros(m, np.float32) for k in _CHUNK_INFO_KEYS}
         bounds = [(lo, min(lo + _CHUNK, m)) for lo in range(0, m, _CHUNK)]
         jobs = (
             (_take(state, idx[lo:hi]), size, (seed, 1, s_code, c_idx)) for c_idx, (lo, hi) in enumerate(bounds)
         )
-        for (lo, hi), chunk in zip(bounds, _map_bounded(_render_chunk, jobs, num_workers)):
-            for k in ECG_LABELS:
-                ecg_labels[k][lo:hi] = chunk["labels"][k]
-            for k in latent_rows:
-                latent_rows[k][lo:hi] = chunk["info"][k]
-            for k in ("cxr", "ecg", "lung"):  # written and hashed in patient order
-                arrays[k][lo:hi] = chunk[k]
-                hashers[k].update(chunk[k].tobytes())
-        for k, arr in arrays.items():
-            arr.flush()
-        del arrays
+        try:
+            for (lo, hi), chunk in zip(bounds, _map_bounded(_render_chunk, jobs, num_workers)):
+                for k in ECG_LABELS:
+                    ecg_labels[k][lo:hi] = chunk["labels"][k]
+                for k in latent_rows:
+                    latent_rows[k][lo:hi] = chunk["info"][k]
+                for k, writer in writers.items():  # written and hashed in patient order
+                    writer.write(chunk[k])
+                    hashers[k].update(chunk[k].tobytes())
+        except BaseException:
+            for writer in writers.values():
+                writer.close(check=False)  # let the original error propagate
+            raise
+        for writer in writers.values():
+            writer.close()
         hashes[f"data_npy/{split}/cxr_{split}.npy"] = hashers["cxr"].hexdigest()
         hashes[f"data_npy/{split}/ecg_{split}.npy"] = hashers["ecg"].hexdigest()
         hashes[f"tasks/lung_mask_{split}.npy"] = hashers["lung"].hexdigest()
@@ -1104,7 +1158,7 @@ def _generate(out: Path, params: Mapping, sizes: Mapping[str, int], num_workers:
         csv_text = _csv(columns)
         (out / "tasks" / f"{split}.csv").write_text(csv_text, encoding="utf-8")
         hashes[f"tasks/{split}.csv"] = hashlib.sha256(csv_text.encode()).hexdigest()
-        prevalence[split] = {k: round(float(v.mean()), 4) for k, v in columns.items() if k not in ("hadm_id", "subject_id")}
+        prevalence[split] = {k: round(float(columns[k].mean()), 4) for k in [*TASKS, *ECG_LABELS]}
 
         latent_cols: dict[str, np.ndarray] = {"hadm_id": hadm_ids[idx]}
         for k in ("age", "sex", "cardiac", "hypertrophy", "conduction", "ischaemia", "renal", "congestion",
@@ -1196,12 +1250,22 @@ def plot_sample_patients(
     lat_cols = lat_header.split(",")
     lat = np.array([[float(v) for v in r.split(",")] for r in lat_rows])
     n = min(n, cxr.shape[0])
+    # Show variety: the first positive of each task and the first all-negative patient, then
+    # the following patients in file order.
+    task_cols = [cols.index(t) for t in TASKS]
+    picks: list[int] = []
+    for col in task_cols:
+        hits = np.flatnonzero(table[:, col] == 1)
+        picks += [int(hits[0])] if hits.size and int(hits[0]) not in picks else []
+    negatives = np.flatnonzero(table[:, task_cols].sum(1) == 0)
+    picks += [int(negatives[0])] if negatives.size and int(negatives[0]) not in picks else []
+    picks = (picks + [i for i in range(cxr.shape[0]) if i not in picks])[:n]
 
     fig, axes = plt.subplots(3, n, figsize=(3.0 * n, 7.6), gridspec_kw={"height_ratios": [3.0, 1.1, 1.1]})
     axes = np.asarray(axes).reshape(3, n)
-    for i in range(n):
+    for col, i in enumerate(picks):
         gray = cxr[i, 0] * _IMAGENET_STD[0] + _IMAGENET_MEAN[0]
-        ax = axes[0, i]
+        ax = axes[0, col]
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
         ax.contour(lung[i], levels=[0.5], colors="tab:cyan", linewidths=0.8)
         lab = {c: table[i, cols.index(c)] for c in TASKS}
@@ -1213,7 +1277,7 @@ def plot_sample_patients(
             fontsize=8,
         )
         ax.axis("off")
-        ax = axes[1, i]
+        ax = axes[1, col]
         tsec = np.arange(ECG_SAMPLES) / ECG_SAMPLING_RATE
         keep = tsec < 4.0
         ax.plot(tsec[keep], ecg[i, 0, keep, 1], lw=0.6, color="k")
@@ -1225,7 +1289,7 @@ def plot_sample_patients(
         ax.set_xticks([0, 1, 2, 3, 4])
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-        ax = axes[2, i]
+        ax = axes[2, col]
         colours = np.where(obs[i] == 1, "tab:blue", "lightgray")
         ax.bar(np.arange(pct.shape[1]), pct[i], color=colours, width=0.8)
         ax.set_ylim(0, 1)
@@ -1274,13 +1338,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="regenerate even if an identical cohort exists")
     parser.add_argument(
-        "--workers", type=int, default=None, help="rendering threads (default: available cores, at most 4); bytes do not depend on it"
+        "--workers",
+        type=int,
+        default=None,
+        help="rendering threads (default: available cores, at most 4); the bytes written do not depend on it",
     )
     parser.add_argument("--figure", default=None, help="also save a sample-patients PNG to this path")
     args = parser.parse_args(argv)
     try:
         root = make_cohort(
-            args.out, args.n_patients, args.image_size, args.seed, args.split_fractions, args.force, num_workers=args.workers
+            args.out,
+            args.n_patients,
+            args.image_size,
+            args.seed,
+            args.split_fractions,
+            args.force,
+            num_workers=args.workers,
         )
     except ValueError as err:
         parser.error(str(err))

@@ -16,7 +16,9 @@ The cache key hashes:
   transform (so a different resize or normalisation gives a new key);
 * the pooling and any caller-supplied ``key_extra``.
 
-Each entry is ``<cache_dir>/<key>.npy`` with a ``<key>.json`` sidecar describing it.
+Each entry is ``<cache_dir>/<key>.npy`` with a ``<key>.json`` sidecar describing it. The
+device is not part of the key: features computed on a GPU and on a CPU agree only to float
+tolerance (about 3e-4 for a small ViT in float32), and whichever was written first is served.
 ``pool="patch"`` stores the patch tokens (N, L, D) as float16, halving the space (a 224 px
 ViT-B set of 10k images is 10k x 196 x 768 x 2 B = 3 GB); the segmentation probe casts them
 back to float32. Pooled features are float32.
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 POOLS = ("token", "mean", "patch")
+_FULL_HASH_BYTES = 256 * 2**20
 
 
 class _ArrayImages(Dataset):
@@ -110,8 +113,9 @@ def dataset_fingerprint(
 ) -> str:
     """Fingerprint of a dataset from its class, length and the bytes of a few transformed items.
 
-    Items are taken evenly from the whole dataset (first and last included). Hashing the
-    *transformed* images makes the transform part of the identity. Datasets with random
+    Items are taken evenly from the whole dataset (first and last included); an in-memory
+    image array up to 256 MiB is hashed whole. Hashing the *transformed* images makes the
+    transform part of the identity. Datasets with random
     augmentation have no stable fingerprint: pass ``dataset_key`` to the extractor instead.
 
     Args:
@@ -125,8 +129,8 @@ def dataset_fingerprint(
     ds = _as_dataset(dataset)
     n = len(ds)
     digest = hashlib.sha256(f"{type(ds).__name__}|{n}|".encode())
-    if isinstance(ds, _ArrayImages):
-        # The whole array is in memory anyway: hash all of it.
+    if isinstance(ds, _ArrayImages) and ds.images.numel() * ds.images.element_size() <= _FULL_HASH_BYTES:
+        # A modest in-memory array is hashed whole; larger ones fall back to sampled items.
         digest.update(ds.images.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
     picks = sorted({int(round(i)) for i in np.linspace(0, n - 1, num=min(num_items, n))}) if n else []

@@ -41,7 +41,9 @@ def _display_images(images: Any, denormalize: bool, name: str) -> np.ndarray:
             raise ValueError(f"denormalize expects 3 ImageNet-normalised channels in {name}, got {arr.shape[1]}")
         from pacx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-        arr = arr * np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None] + np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+        std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+        arr = arr * std + mean
     return np.clip(arr.mean(axis=1), 0.0, 1.0)
 
 
@@ -91,7 +93,8 @@ def plot_mae_reconstruction(
     Returns:
         The PNG path.
     """
-    panels = [_display_images(a, denormalize, n) for a, n in ((originals, "originals"), (masked, "masked"), (reconstructions, "reconstructions"))]
+    named = ((originals, "originals"), (masked, "masked"), (reconstructions, "reconstructions"))
+    panels = [_display_images(a, denormalize, n) for a, n in named]
     if len({p.shape for p in panels}) != 1:
         raise ValueError(f"originals, masked and reconstructions must share a shape, got {[p.shape for p in panels]}")
     n = min(len(panels[0]), max_rows)
@@ -211,7 +214,9 @@ def plot_rollout_overlays(
     imgs = _display_images(images, denormalize, "images")
     ref, cand = _to_numpy(maps_reference), _to_numpy(maps_candidate)
     if not (ref.shape == cand.shape == imgs.shape):
-        raise ValueError(f"images {imgs.shape}, maps_reference {ref.shape} and maps_candidate {cand.shape} must match (N, H, W)")
+        raise ValueError(
+            f"images {imgs.shape}, maps_reference {ref.shape} and maps_candidate {cand.shape} must match (N, H, W)"
+        )
     n = len(imgs)
     if n == 0:
         raise ValueError("no images to plot")
@@ -269,7 +274,8 @@ def plot_training_curves(
         raise ValueError(f"x column {x!r} not in {list(frame.columns)}")
     xs = frame[x] if x is not None else pd.Series(np.arange(len(frame)))
     if columns is None:
-        columns = [c for c in frame.columns if c != x and c not in ("epoch", "step") and pd.api.types.is_numeric_dtype(frame[c])]
+        skip = {x, "epoch", "step"}
+        columns = [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} not in {list(frame.columns)}")

@@ -208,7 +208,8 @@ def _fit_lbfgs(
             best_score, best_l2, best_state = score, float(l2), copy.deepcopy(head.state_dict())
     head.load_state_dict(best_state)
     head.eval()
-    return head, {"selected_l2": best_l2, "l2_grid": sorted(map(float, l2_grid), reverse=True), "val_auroc_history": history}
+    grid = sorted(map(float, l2_grid), reverse=True)
+    return head, {"selected_l2": best_l2, "l2_grid": grid, "val_auroc_history": history}
 
 
 def train_linear_probe(
@@ -274,13 +275,17 @@ def train_linear_probe(
         raise ValueError(f"epochs, batch_size and max_iter must be positive, got {epochs}, {batch_size}, {max_iter}")
     if not l2_grid:
         raise ValueError("l2_grid must not be empty")
-    x_tr, x_va, x_te = (_features(x, n) for x, n in ((train_features, "train_features"), (val_features, "val_features"), (test_features, "test_features")))
+    x_tr = _features(train_features, "train_features")
+    x_va = _features(val_features, "val_features")
+    x_te = _features(test_features, "test_features")
     if not x_tr.shape[1] == x_va.shape[1] == x_te.shape[1]:
         raise ValueError(f"feature widths differ: train {x_tr.shape[1]}, val {x_va.shape[1]}, test {x_te.shape[1]}")
     for name, x, y in (("train", x_tr, train_labels), ("val", x_va, val_labels), ("test", x_te, test_labels)):
         if y is not None and len(y) != x.shape[0]:
             raise ValueError(f"{name}_labels has {len(y)} rows but {name}_features has {x.shape[0]}")
-    num_outputs = _num_outputs(task_type, [np.asarray(train_labels), np.asarray(val_labels), None if test_labels is None else np.asarray(test_labels)])
+    test_arr = None if test_labels is None else np.asarray(test_labels)
+    num_outputs = _num_outputs(task_type, [np.asarray(train_labels), np.asarray(val_labels), test_arr])
+    n_cls = num_outputs if task_type == "multiclass" else None
     dev = torch.device(device) if device is not None else torch.device("cpu")
 
     if method == "lbfgs":
@@ -292,10 +297,12 @@ def train_linear_probe(
     x_tr, x_va, x_te = (((x - mean) / std).to(dev) for x in (x_tr, x_va, x_te))
     y_tr = _targets(np.asarray(train_labels), task_type, num_outputs).to(dev)
     y_va = _targets(np.asarray(val_labels), task_type, num_outputs).to(dev)
-    y_va_mh = to_multi_hot(np.asarray(val_labels), task_type, num_classes=num_outputs if task_type == "multiclass" else None)
+    y_va_mh = to_multi_hot(np.asarray(val_labels), task_type, num_classes=n_cls)
 
     if method == "adamw":
-        head, record = _fit_adamw(x_tr, y_tr, x_va, y_va_mh, y_va, task_type, num_outputs, seed, epochs, lr, weight_decay, batch_size, dev)
+        head, record = _fit_adamw(
+            x_tr, y_tr, x_va, y_va_mh, y_va, task_type, num_outputs, seed, epochs, lr, weight_decay, batch_size, dev
+        )
     else:
         head, record = _fit_lbfgs(x_tr, y_tr, x_va, y_va_mh, task_type, num_outputs, l2_grid, max_iter, dev)
 
@@ -318,11 +325,13 @@ def train_linear_probe(
         **record,
     }
     if test_labels is not None:
-        out["metrics"] = classification_metrics(np.asarray(test_labels), test_probs, task_type, np.asarray(val_labels), val_probs)
+        out["metrics"] = classification_metrics(test_arr, test_probs, task_type, np.asarray(val_labels), val_probs)
     return out
 
 
-def predict_linear_probe(head: Mapping[str, np.ndarray], features: np.ndarray | torch.Tensor, task_type: str) -> np.ndarray:
+def predict_linear_probe(
+    head: Mapping[str, np.ndarray], features: np.ndarray | torch.Tensor, task_type: str
+) -> np.ndarray:
     """Probabilities of a trained probe (``result["head"]``) on new features.
 
     Args:
@@ -427,7 +436,8 @@ def probe_task(
     val_probs = np.mean([r["val_probs"] for r in runs], axis=0)
     pooled = classification_metrics(labels_by_split["test"], test_probs, task_type, labels_by_split["val"], val_probs)
     n_out = 1 if test_probs.ndim == 1 else test_probs.shape[1]
-    test_mh = to_multi_hot(np.asarray(labels_by_split["test"]), task_type, num_classes=n_out if task_type == "multiclass" else None)
+    n_cls = n_out if task_type == "multiclass" else None
+    test_mh = to_multi_hot(np.asarray(labels_by_split["test"]), task_type, num_classes=n_cls)
     per_seed = [r["metrics"] for r in runs]
     mean, std = _scalar_summary(per_seed)
     ci: dict[str, list[float]] = {}
@@ -436,7 +446,8 @@ def probe_task(
             if pooled.get(metric) is None:
                 continue
             stat = _statistic(metric, test_mh, test_probs, task_type, pooled["thresholds"])
-            ci[metric] = list(bootstrap_ci(stat, len(test_mh), n_resamples, confidence_level, ci_method, bootstrap_seed))
+            interval = bootstrap_ci(stat, len(test_mh), n_resamples, confidence_level, ci_method, bootstrap_seed)
+            ci[metric] = list(interval)
     return {
         "task_type": task_type,
         "method": method,
@@ -491,11 +502,18 @@ def compare(
     task_type = result_a["task_type"]
     if test == "delong":
         if metric != "auroc" or task_type != "binary":
-            raise ValueError(f"test='delong' applies to binary AUROC only, got metric={metric!r}, task_type={task_type!r}")
+            raise ValueError(
+                f"test='delong' applies to binary AUROC only, got metric={metric!r}, task_type={task_type!r}"
+            )
         out = delong_test(ya[:, 0], result_a["test_probs"], result_b["test_probs"])
-        return {"a": out["auroc_a"], "b": out["auroc_b"], "difference": out["difference"], "p_value": out["p_value"], "z": out["z"]}
+        return {
+            "a": out["auroc_a"], "b": out["auroc_b"], "difference": out["difference"],
+            "p_value": out["p_value"], "z": out["z"],
+        }
     if test != "bootstrap":
         raise ValueError(f"test must be 'bootstrap' or 'delong', got {test!r}")
     stat_a = _statistic(metric, ya, np.asarray(result_a["test_probs"]), task_type, result_a.get("thresholds"))
     stat_b = _statistic(metric, yb, np.asarray(result_b["test_probs"]), task_type, result_b.get("thresholds"))
-    return paired_bootstrap(stat_a, stat_b, len(ya), n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    return paired_bootstrap(
+        stat_a, stat_b, len(ya), n_resamples=n_resamples, confidence_level=confidence_level, seed=seed
+    )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.stats
@@ -365,7 +365,9 @@ def dice_per_image(
     return _channel_mean(per)
 
 
-def iou_per_image(pred: np.ndarray | torch.Tensor, true: np.ndarray | torch.Tensor, ignore_empty: bool = True) -> np.ndarray:
+def iou_per_image(
+    pred: np.ndarray | torch.Tensor, true: np.ndarray | torch.Tensor, ignore_empty: bool = True
+) -> np.ndarray:
     """IoU of each image (MONAI ``MeanIoU``), averaged over channels; see :func:`dice_per_image`."""
     p, t = _check_masks(pred, true)
     metric = MeanIoU(include_background=True, reduction="mean_batch", ignore_empty=ignore_empty)
@@ -496,7 +498,9 @@ def _check_bootstrap_args(n: int, n_resamples: int, confidence_level: float, met
 
 def _scipy_bootstrap(
     statistic: Statistic, n: int, n_resamples: int, confidence_level: float, method: str, seed: int
-) -> scipy.stats._resampling.BootstrapResult:
+) -> Any:
+    """Run ``scipy.stats.bootstrap`` over row indices; returns its ``BootstrapResult``."""
+
     def vectorised(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         return statistic(np.moveaxis(idx, axis, -1))
 
@@ -664,4 +668,6 @@ def delong_test(
     else:
         z = diff / math.sqrt(var)
     p = float(2 * scipy.stats.norm.sf(abs(z)))
-    return {"auroc_a": float(aucs[0]), "auroc_b": float(aucs[1]), "difference": float(diff), "z": float(z), "p_value": p}
+    return {
+        "auroc_a": float(aucs[0]), "auroc_b": float(aucs[1]), "difference": float(diff), "z": float(z), "p_value": p,
+    }

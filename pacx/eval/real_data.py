@@ -121,7 +121,8 @@ def evaluate_montgomery(
         root / "cxr", root / "masks", image_size, label_fn=montgomery_label, patient_id_fn=montgomery_patient_id
     )
     labels_all = np.asarray(dataset.labels, dtype=np.int64)
-    split_idx = dict(zip(_SPLITS, patient_split(dataset.patient_ids, split_fractions, seed=split_seed, stratify=labels_all)))
+    parts = patient_split(dataset.patient_ids, split_fractions, seed=split_seed, stratify=labels_all)
+    split_idx = dict(zip(_SPLITS, parts))
     arrays = {s: _load_split_arrays(dataset, idx) for s, idx in split_idx.items()}
     probe_cfg = {**MONTGOMERY_PROBE_DEFAULTS, **dict(probe_kwargs or {})}
     seg_cfg = {**MONTGOMERY_SEG_DEFAULTS, **dict(seg_kwargs or {})}
@@ -152,9 +153,12 @@ def evaluate_montgomery(
             if name == reference:
                 continue
             tag = f"{name}_vs_{reference}"
-            comparisons["classification"][tag] = compare(classification[name], classification[reference], "auroc", n_resamples=n_resamples)
+            comparisons["classification"][tag] = compare(
+                classification[name], classification[reference], "auroc", n_resamples=n_resamples
+            )
             comparisons["segmentation"][tag] = {
-                m: compare_segmentation(segmentation[name], segmentation[reference], m, n_resamples=n_resamples) for m in ("dice", "iou")
+                m: compare_segmentation(segmentation[name], segmentation[reference], m, n_resamples=n_resamples)
+                for m in ("dice", "iou")
             }
     return {
         "data": {

@@ -29,7 +29,9 @@ __all__ = ["attention_maps", "attention_rollout", "select_rescue_cases", "upsamp
 def _check_vit(vit: VisionTransformer) -> None:
     blocks = getattr(vit, "blocks", None)
     if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "attn_drop") for b in blocks):
-        raise ValueError(f"expected a timm VisionTransformer whose blocks have attn.attn_drop, got {type(vit).__name__}")
+        raise ValueError(
+            f"expected a timm VisionTransformer whose blocks have attn.attn_drop, got {type(vit).__name__}"
+        )
 
 
 @torch.no_grad()

@@ -87,7 +87,8 @@ class SegmentationDecoder(nn.Module):
                 raise ValueError(f"tokens (B, L, D) need a square number of tokens, got L={length}; pass (B, D, h, w)")
             tokens = tokens.transpose(1, 2).reshape(b, d, side, side)
         if tokens.ndim != 4 or tokens.shape[1] != self.embed_dim:
-            raise ValueError(f"expected (B, L, {self.embed_dim}) or (B, {self.embed_dim}, h, w), got {tuple(tokens.shape)}")
+            d = self.embed_dim
+            raise ValueError(f"expected (B, L, {d}) or (B, {d}, h, w), got {tuple(tokens.shape)}")
         return self.layers(tokens.float())
 
 
@@ -112,7 +113,10 @@ def _as_tokens(tokens: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
 @torch.no_grad()
 def _predict(decoder: nn.Module, tokens: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     decoder.eval()
-    out = [torch.sigmoid(decoder(tokens[i : i + batch_size].to(device).float())).cpu() for i in range(0, len(tokens), batch_size)]
+    out = [
+        torch.sigmoid(decoder(tokens[i : i + batch_size].to(device).float())).cpu()
+        for i in range(0, len(tokens), batch_size)
+    ]
     return torch.cat(out)
 
 
@@ -170,8 +174,10 @@ def train_segmentation_probe(
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    toks = {s: _as_tokens(t, f"{s}_tokens") for s, t in (("train", train_tokens), ("val", val_tokens), ("test", test_tokens))}
-    masks = {s: _as_masks(m, f"{s}_masks") for s, m in (("train", train_masks), ("val", val_masks), ("test", test_masks))}
+    named_tokens = (("train", train_tokens), ("val", val_tokens), ("test", test_tokens))
+    named_masks = (("train", train_masks), ("val", val_masks), ("test", test_masks))
+    toks = {s: _as_tokens(t, f"{s}_tokens") for s, t in named_tokens}
+    masks = {s: _as_masks(m, f"{s}_masks") for s, m in named_masks}
     dims = {t.shape[1:] for t in toks.values()}
     if len(dims) != 1:
         raise ValueError(f"token shapes (L, D) differ between splits: {sorted(map(tuple, dims))}")
@@ -184,7 +190,10 @@ def train_segmentation_probe(
         if len(toks[s]) != len(masks[s]):
             raise ValueError(f"{s}_tokens has {len(toks[s])} rows but {s}_masks has {len(masks[s])}")
         if tuple(masks[s].shape[-2:]) != (size, size):
-            raise ValueError(f"{s}_masks must be {size}x{size} ({side} tokens x patch {patch_size}), got {tuple(masks[s].shape[-2:])}")
+            raise ValueError(
+                f"{s}_masks must be {size}x{size} ({side} tokens x patch {patch_size}), "
+                f"got {tuple(masks[s].shape[-2:])}"
+            )
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):  # seeded decoder init without touching the caller's RNG
@@ -278,7 +287,10 @@ def segmentation_probe(
     ci: dict[str, list[float]] = {}
     if n_resamples:
         for name, values in (("dice", dice), ("iou", iou)):
-            ci[name] = list(bootstrap_ci(mean_statistic(values), len(values), n_resamples, confidence_level, ci_method, bootstrap_seed))
+            interval = bootstrap_ci(
+                mean_statistic(values), len(values), n_resamples, confidence_level, ci_method, bootstrap_seed
+            )
+            ci[name] = list(interval)
     per_seed = [{"dice": r["dice"], "iou": r["iou"], "selected_epoch": r["selected_epoch"]} for r in runs]
     return {
         "seeds": [int(s) for s in seeds],
@@ -290,7 +302,9 @@ def segmentation_probe(
         "confidence_level": confidence_level,
         "per_seed": per_seed,
         "mean": {k: float(np.mean([p[k] for p in per_seed])) for k in ("dice", "iou")},
-        "std": {k: float(np.std([p[k] for p in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in ("dice", "iou")},
+        "std": {
+            k: float(np.std([p[k] for p in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in ("dice", "iou")
+        },
     }
 
 

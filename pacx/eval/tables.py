@@ -125,7 +125,10 @@ def main_results_table(rows: Sequence[Mapping[str, Any]], confidence_level: floa
         ...       mae=0.899, pacx=0.910, ci=[0.88, 0.94], p=0.04)]).splitlines()[2])
         | TB | anatomy | AUROC | 0.600 | 0.899 | 0.910 | +1.1 | [0.880, 0.940] | 0.040 |
     """
-    header = ["task", "kind", "metric", "random init", "MAE", "PaCX", "gain (pts)", f"{confidence_level:.0%} CI (PaCX)", "p (PaCX vs MAE)"]
+    header = [
+        "task", "kind", "metric", "random init", "MAE", "PaCX", "gain (pts)",
+        f"{confidence_level:.0%} CI (PaCX)", "p (PaCX vs MAE)",
+    ]
     body = [
         [
             r["task"], r.get("kind", "-"), r["metric"], _fmt(r.get("random")), _fmt(r.get("mae")), _fmt(r.get("pacx")),
@@ -159,7 +162,11 @@ def low_data_table(
     encoders: list[str] = []
     for curves in curves_by_task.values():
         encoders += [e for e in curves if e not in encoders]
-    header = ["task", "train fraction"] + [f"{e} ({confidence_level:.0%} CI)" for e in encoders] + [f"gain {candidate} - {reference} (pts)"]
+    header = (
+        ["task", "train fraction"]
+        + [f"{e} ({confidence_level:.0%} CI)" for e in encoders]
+        + [f"gain {candidate} - {reference} (pts)"]
+    )
     body = []
     for task, curves in curves_by_task.items():
         fractions = sorted({float(f) for pts in curves.values() for f in pts})
@@ -170,7 +177,8 @@ def low_data_table(
                 v, ci = metric_point(point, metric)
                 values[e] = v
                 cells.append("-" if v is None else f"{_fmt(v)} {_fmt_ci(ci)}" if ci is not None else _fmt(v))
-            body.append([task, f"{f:.0%}" if f >= 0.01 else f"{f:.1%}"] + cells + [_fmt_gain(values.get(candidate), values.get(reference))])
+            label = f"{f:.0%}" if f >= 0.01 else f"{f:.1%}"
+            body.append([task, label] + cells + [_fmt_gain(values.get(candidate), values.get(reference))])
     return _markdown(header, body)
 
 
@@ -185,7 +193,11 @@ def alignment_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], ks: 
         Markdown text: R², raw and centred cosine, the random-pair centred cosine (chance),
         and recall@k of identity retrieval from the ridge predictions.
     """
-    header = ["encoder", "teacher", "R²", "cos (raw)", "cos (centred)", "random-pair cos (centred)"] + [f"R@{k}" for k in ks] + ["n test"]
+    header = (
+        ["encoder", "teacher", "R²", "cos (raw)", "cos (centred)", "random-pair cos (centred)"]
+        + [f"R@{k}" for k in ks]
+        + ["n test"]
+    )
     body = []
     for encoder, by_teacher in results.items():
         for teacher, m in by_teacher.items():

@@ -19,7 +19,7 @@ _QUICK: dict[str, Any] = {
     "data": {
         "source": "synthetic",  # "synthetic" | "symile"
         "root": None,  # Symile-MIMIC root (the folder holding data_npy/) when source == "symile"
-        "n_patients": 900,
+        "n_patients": 600,
         "image_size": 32,
         "num_workers": 0,
     },
@@ -40,11 +40,11 @@ _QUICK: dict[str, Any] = {
         "teachers": ["ecg", "labs"], "shared_dim": 64, "lambda_c": 0.5, "lambda_r": 1.0,
         "temperature": 0.07, "label_smoothing": 0.02, "head_dropout": 0.2, "tuning": "lora",
         "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "targets": ["qkv", "fc1", "fc2"]},
-        "trainable_norms": "final", "epochs": 3, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05,
+        "trainable_norms": "final", "epochs": 2, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05,
         "warmup_fraction": 0.1, "min_lr_ratio": 0.01, "grad_clip": 1.0, "augment": True,
     },
     "eval": {"seeds": [0, 1], "probe_method": "lbfgs", "low_data_fractions": [0.1, 1.0],
-             "seg_epochs": 3, "bootstrap_resamples": 200, "rollout_cases": 2},
+             "seg_epochs": 2, "bootstrap_resamples": 100, "rollout_cases": 2},
     "trainer": {"amp": "auto", "compile": False, "log_every": 10, "save_every": 0, "keep_last": 2},
 }
 

@@ -206,7 +206,9 @@ def test_cache_hit_does_not_regenerate(tmp_path: Path, monkeypatch: pytest.Monke
     second = make_cohort(tmp_path, n_patients=120, image_size=16, seed=1)
     assert second != first and second.parent == first.parent and len(calls) == 2
     assert make_cohort(tmp_path, n_patients=120, image_size=16, seed=0, force=True) == first
-    assert len(calls) == 3
+    assert make_cohort(first, n_patients=120, image_size=16, seed=0, force=True) == first  # in place
+    assert len(calls) == 4 and (first / "cohort.json").stat().st_mtime_ns != mtime
+    assert not (first / f"cohort_{first.name[7:]}").exists()
     with pytest.raises(ValueError, match="different parameters"):
         make_cohort(first, n_patients=120, image_size=16, seed=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])  # no temp leftovers
@@ -268,7 +270,10 @@ def _ridge_auroc(x: np.ndarray, y: np.ndarray, n_fit: int) -> float:
     def fit(rows: slice, lam: float) -> np.ndarray:
         return np.linalg.solve(z[rows].T @ z[rows] + lam * np.eye(z.shape[1]), z[rows].T @ y[rows])
 
-    lam = max((1.0, 10.0, 100.0, 1000.0, 1e4), key=lambda l: _auroc(z[inner:n_fit] @ fit(slice(0, inner), l), y[inner:n_fit]))
+    def held_out(lam: float) -> float:
+        return _auroc(z[inner:n_fit] @ fit(slice(0, inner), lam), y[inner:n_fit])
+
+    lam = max((1.0, 10.0, 100.0, 1000.0, 1e4), key=held_out)
     return _auroc(z[n_fit:] @ fit(slice(0, n_fit), lam), y[n_fit:])
 
 
@@ -303,9 +308,11 @@ def test_no_pixel_shortcut_and_teachers_carry_the_signal() -> None:
         labs = _ridge_auroc(labs_x, y, n_fit)
         ecg = _ridge_auroc(ecg_x, y[:n_ecg], int(0.6 * n_ecg))
         cue = _auroc(ctr[n_fit:], y[n_fit:])
-        # the labels do not leak into the pixels: a linear read-out stays well below the teachers
-        assert pix < labs - 0.05 and pix < ecg - 0.05, (task, pix, labs, ecg)
-        assert labs > 0.72 and ecg > 0.72, (task, labs, ecg)
+        # The labels do not leak into the pixels: a linear read-out stays well below the best
+        # teacher, and each teacher beats it (the labs hold no BNP, so for reduced_ef they are
+        # the weaker teacher: about 0.75 here, 0.79 with 4,000 patients; the ECG about 0.82).
+        assert pix < max(labs, ecg) - 0.08, (task, pix, labs, ecg)
+        assert labs > pix + 0.02 and ecg > pix + 0.02, (task, pix, labs, ecg)
         # ...yet the CXR carries the physiological cue, weakly
         assert 0.55 < cue < 0.85 and pix > 0.55, (task, cue, pix)
     # the anatomy label is invisible to the physiology teachers
@@ -346,7 +353,8 @@ def test_cli_help_and_errors(capsys: pytest.CaptureFixture) -> None:
 def test_cli_subprocess(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "pacx.data.synthetic", "--out", str(tmp_path), "--n-patients", "60"]
-    res = subprocess.run(cmd + ["--image-size", "16", "--seed", "1"], capture_output=True, text=True, env=env, check=True)
+    cmd += ["--image-size", "16", "--seed", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     root = Path(res.stdout.splitlines()[0])
     assert root.parent == tmp_path and (root / "cohort.json").is_file()
     assert "train" in res.stdout and "probe_test" in res.stdout
@@ -362,7 +370,8 @@ def test_plot_sample_patients(cohort: Path, tmp_path: Path) -> None:
 def test_symile_reader_reads_the_cohort(cohort: Path) -> None:
     from pacx.data import SymileMIMIC, load_task_labels
 
-    ds = SymileMIMIC(cohort, "probe_train", ecg_preprocess=False, extra_arrays={"lung_mask": "tasks/lung_mask_{split}.npy"})
+    masks = {"lung_mask": "tasks/lung_mask_{split}.npy"}
+    ds = SymileMIMIC(cohort, "probe_train", ecg_preprocess=False, extra_arrays=masks)
     item = ds[0]
     assert item["cxr"].shape == (3, SIZE, SIZE)
     assert item["ecg"].shape == (12, 5000)

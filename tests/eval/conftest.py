@@ -7,16 +7,6 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # The test machine is shared: several intra-op threads on 2 busy cores are many times
-    # slower than one for these tiny models. Restored after each test.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_tiny_vit(seed: int = 0, img_size: int = 32, patch_size: int = 8) -> VisionTransformer:
     """A tiny timm ViT (class token, num_classes=0) with seeded weights."""
     with torch.random.fork_rng(devices=[]):

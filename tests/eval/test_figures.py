@@ -16,7 +16,9 @@ from pacx.eval.figures import plot_low_data_curves, plot_mae_reconstruction, plo
 def _phantom(n: int = 2, size: int = 32) -> torch.Tensor:
     """ImageNet-normalised grey 'chest' phantoms: two dark lung fields in a bright body."""
     yy, xx = np.mgrid[:size, :size] / size
-    body = 0.8 - 0.5 * (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) - 0.5 * (((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
+    left = ((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+    right = ((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+    body = 0.8 - 0.5 * left - 0.5 * right
     imgs = torch.tensor(np.stack([body + 0.05 * i for i in range(n)]), dtype=torch.float32)
     return normalize_imagenet(imgs[:, None].repeat(1, 3, 1, 1))
 
@@ -40,7 +42,11 @@ def test_mae_reconstruction_grid(tmp_path):
 def test_low_data_curves(tmp_path):
     curves = {
         "MAE": {0.01: (0.66, 0.62, 0.70), 0.1: (0.76, 0.73, 0.79), 1.0: (0.79, 0.77, 0.81)},
-        "PaCX": {0.01: {"pooled": {"auroc": 0.74}, "ci": {"auroc": [0.70, 0.78]}}, 0.1: (0.78, 0.75, 0.81), 1.0: (0.80, 0.78, 0.82)},
+        "PaCX": {
+            0.01: {"pooled": {"auroc": 0.74}, "ci": {"auroc": [0.70, 0.78]}},
+            0.1: (0.78, 0.75, 0.81),
+            1.0: (0.80, 0.78, 0.82),
+        },
     }
     _check_png(plot_low_data_curves(curves, tmp_path / "low.png"))
 
@@ -55,9 +61,10 @@ def test_rollout_overlays(tmp_path):
 def test_training_curves(tmp_path):
     csv = tmp_path / "metrics.csv"
     steps = np.arange(0, 200, 10)
-    rows = ["step,train/loss,val/auroc,lr"] + [
-        f"{s},{2.0 * np.exp(-s / 80):.4f},{'' if s % 50 else f'{0.5 + s / 500:.3f}'},{1e-3 * (1 - s / 200):.6f}" for s in steps
-    ]
+    rows = ["step,train/loss,val/auroc,lr"]
+    for s in steps:
+        val = "" if s % 50 else f"{0.5 + s / 500:.3f}"  # validation logged every 50 steps only
+        rows.append(f"{s},{2.0 * np.exp(-s / 80):.4f},{val},{1e-3 * (1 - s / 200):.6f}")
     csv.write_text("\n".join(rows) + "\n")
     _check_png(plot_training_curves(csv, tmp_path / "curves.png"))
     with pytest.raises(ValueError, match="not in"):

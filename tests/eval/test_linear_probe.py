@@ -41,7 +41,9 @@ def test_adamw_keeps_best_epoch_and_is_seeded(splits):
 
 def test_lbfgs_and_predict_roundtrip(splits):
     x, y = splits
-    out = train_linear_probe(x["train"], y["train"], x["val"], y["val"], x["test"], y["test"], method="lbfgs", l2_grid=(1e-3, 1.0))
+    out = train_linear_probe(
+        x["train"], y["train"], x["val"], y["val"], x["test"], y["test"], method="lbfgs", l2_grid=(1e-3, 1.0)
+    )
     assert out["selected_l2"] in (1e-3, 1.0) and out["metrics"]["auroc"] > 0.75
     np.testing.assert_allclose(predict_linear_probe(out["head"], x["test"], "binary"), out["test_probs"], atol=1e-6)
     assert out["metrics"]["f1_tuned"] is not None and len(out["metrics"]["thresholds"]) == 1

@@ -35,7 +35,9 @@ def test_evaluate_montgomery_small(tmp_path, make_vit):
     # 2 encoders x 3 splits x 2 pools cached once; a rerun reads them back and agrees.
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 12
     again = evaluate_montgomery({"mae": encoders["mae"]}, reference=None, **kwargs)
-    np.testing.assert_array_equal(again["classification"]["mae"]["test_probs"], out["classification"]["mae"]["test_probs"])
+    np.testing.assert_array_equal(
+        again["classification"]["mae"]["test_probs"], out["classification"]["mae"]["test_probs"]
+    )
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 12
 
 

@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from pacx.eval.segmentation import SegmentationDecoder, compare_segmentation, segmentation_probe, train_segmentation_probe
+from pacx.eval.segmentation import (
+    SegmentationDecoder,
+    compare_segmentation,
+    segmentation_probe,
+    train_segmentation_probe,
+)
 
 
 def _disc_data(n: int, seed: int, informative: bool = True):
@@ -51,7 +56,7 @@ def test_probe_learns_and_reports_per_image():
     assert res["dice"] > 0.6 and res["iou"] < res["dice"]
     lo, hi = res["ci"]["dice"]
     assert lo <= res["dice"] <= hi
-    noise = _disc_data(48, 0, informative=False), _disc_data(12, 1, informative=False), _disc_data(16, 2, informative=False)
+    noise = [_disc_data(n, s, informative=False) for n, s in ((48, 0), (12, 1), (16, 2))]
     bad = segmentation_probe(
         {"train": noise[0][0], "val": noise[1][0], "test": noise[2][0]}, {"train": tr[1], "val": va[1], "test": te[1]},
         patch_size=8, seeds=(0,), n_resamples=0, **kw,

@@ -12,11 +12,14 @@ def test_main_table_row_from_results_and_format():
         "pacx": {"pooled": {"auroc": 0.722}, "ci": {"auroc": [0.70, 0.75]}},
     }
     row = main_table_row("MedMod", "physiology", "auroc", results, {"p_value": 0.0004}, metric_label="AUROC (macro)")
-    seg = main_table_row("lung", "anatomy", "iou", {"mae": {"iou": 0.9, "ci": {"iou": [0.88, 0.92]}}, "pacx": {"iou": 0.9}})
+    seg_results = {"mae": {"iou": 0.9, "ci": {"iou": [0.88, 0.92]}}, "pacx": {"iou": 0.9}}
+    seg = main_table_row("lung", "anatomy", "iou", seg_results)
     text = main_results_table([row, seg])
     lines = text.strip().splitlines()
     assert lines[0].startswith("| task | kind | metric | random init | MAE | PaCX | gain (pts) | 95% CI (PaCX)")
-    assert lines[2] == "| MedMod | physiology | AUROC (macro) | 0.610 | 0.695 | 0.722 | +2.7 | [0.700, 0.750] | <0.001 |"
+    assert lines[2] == (
+        "| MedMod | physiology | AUROC (macro) | 0.610 | 0.695 | 0.722 | +2.7 | [0.700, 0.750] | <0.001 |"
+    )
     assert lines[3] == "| lung | anatomy | iou | - | 0.900 | 0.900 | +0.0 | - | - |"
 
 

@@ -1,0 +1,107 @@
+"""The quick profile end to end, interrupted after two stages and resumed.
+
+One run is killed with SIGKILL once the lab DAE stage has finished; rerunning the same
+command must skip the finished stages and complete the rest. The finished run is then
+checked: every results.json key the README promises, finite values, and a PaCX backbone that
+plain timm loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "pacx_full.py"
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, str(RECIPE), "--profile", "quick", "--out", str(out), "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pacx_full")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = out / "lab_dae" / "done.json"
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        if first.poll() is not None:
+            raise AssertionError("the first run ended before it could be interrupted:\n" + first.stdout.read().decode())
+        if time.monotonic() > deadline:
+            first.kill()
+            raise AssertionError("lab_dae stage did not finish within 600 s")
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    first.stdout.close()
+    assert not (out / "results.json").exists()
+
+    second = subprocess.run(_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    return out, second.stdout
+
+
+def test_resume_skips_finished_stages(finished_run):
+    _, log = finished_run
+    assert "mae: outputs for this configuration exist" in log
+    assert "lab_dae: outputs for this configuration exist" in log
+    assert "distill: running" in log
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def test_results_json_has_the_promised_keys(finished_run):
+    out, _ = finished_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["profile"] == "quick" and results["seed"] == 0
+    assert results["mask_ratio"] == pytest.approx(0.9)
+    assert {"mae", "distill", "evaluate", "total"} <= set(results["timings"])
+    kinds = {v["kind"] for v in results["tasks"].values()}
+    assert kinds == {"physiology", "anatomy"}
+    for name, task in results["tasks"].items():
+        assert task["metric"] in {"auroc", "f1", "dice", "iou"}, name
+        for enc in ("random", "mae", "pacx"):
+            assert _finite(task[enc]["mean"]), (name, enc)
+            assert len(task[enc]["ci"]) == 2
+        assert 0.0 <= task["p_value"] <= 1.0
+    assert set(results["low_data"]) == {"0.1", "1.0"}
+    for by_task in results["low_data"].values():
+        for row in by_task.values():
+            assert _finite(row["mae"]) and _finite(row["pacx"])
+    assert set(results["alignment"]) == {"ecg", "labs"}
+    assert all(_finite(v["pacx"]) and _finite(v["mae"]) for v in results["alignment"].values())
+    assert "regression_only" in results["ablations"]
+    assert len(results["claims"]) >= 4
+    text = (out / "results.md").read_text()
+    assert "## Main table" in text and "reduced_ef" in text
+    for fig in results["figures"]:
+        assert Path(fig).stat().st_size > 5_000
+
+
+def test_exported_backbone_loads_into_timm(finished_run):
+    out, _ = finished_run
+    cfg = json.loads((out / "backbones" / "pacx" / "config.json").read_text())
+    model = timm.create_model(cfg["architecture"], num_classes=0, pretrained=False,
+                              checkpoint_path=str(out / "backbones" / "pacx" / "model.safetensors"),
+                              **cfg["model_kwargs"])
+    size = cfg["model_kwargs"]["img_size"]
+    with torch.no_grad():
+        feats = model.eval()(torch.zeros(2, 3, size, size))
+    assert feats.shape == (2, cfg["model_kwargs"]["embed_dim"])
+    # The stage skipped on resume must not have been retrained: the MAE weights predate the PaCX ones.
+    assert (out / "backbones" / "mae" / "model.safetensors").stat().st_mtime <= (
+        out / "backbones" / "pacx" / "model.safetensors").stat().st_mtime
