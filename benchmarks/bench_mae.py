@@ -6,7 +6,7 @@ Trainer uses), under bf16 autocast on CUDA (``--amp``). Tables:
 1. **Mask ratio** (0.90, 0.75 and "~0"). The model refuses a ratio of 0 (no masked patch
    leaves the loss empty), so "~0" is the smallest ratio it accepts: ``0.5 / L``, one masked
    patch and ``L - 1`` visible ones, i.e. the encoder on (almost) all tokens. Columns: images/s,
-   speed-up over ~0; the encoder's fwd+bwd time relative to ~0 next to the visible-token
+   speed-up over ~0 next to the speed-up the FLOP count predicts; the encoder's fwd+bwd time relative to ~0 next to the visible-token
    fraction and the FLOP model's prediction (the encoder's cost falls with the visible
    tokens, faster than linearly because attention is quadratic); the share of the step taken
    by the encoder, by the decoder + loss (fwd+bwd minus encoder-only fwd+bwd) and by the
@@ -138,6 +138,7 @@ def ratio_table(args: argparse.Namespace, device: torch.device, amp: Any, peak: 
             "visible tokens": 1 + mae.num_visible(ratio),
             "images/s": args.batch / step,
             "speed-up vs ~0": paired_ratio(times[f"{ref_label}/step"], t["step"]),
+            "FLOP-model speed-up": mae_flops(mae, args.batch, ref_ratio).training() / flops,
             "encoder time vs ~0": paired_ratio(t["encoder"], times[f"{ref_label}/encoder"]),
             "encoder FLOPs vs ~0": enc_flops / ref_enc_flops,
             "visible fraction": (1 + mae.num_visible(ratio)) / (1 + mae.num_visible(ref_ratio)),

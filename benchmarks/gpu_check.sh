@@ -15,9 +15,9 @@
 #   bench_distill        35   ViT-B/16 Stage-2 step vs frozen fwd / fwd+bwd, batch 256, teacher-call count
 #   bench_lora           30   merged/unmerged LoRA inference vs plain ViT-B, LoRA vs head-only training step
 #   bench_losses         20   GlobalInfoNCE vs two-matmul InfoNCE (time and memory), CUDA
-#   bench_trainer        90   Trainer.fit, synthetic 224-px cohort: 100 MAE + 100 Stage-2 steps, bf16, 12 workers
-#   bench_data           45   loader images/s, 320 px stored -> 224 px, float32 vs uint8, 0/4/8/12 workers, headroom
-#   bench_mae_compile    90   torch.compile vs eager MAE step at mask 0.90 (compilation included in the limit)
+#   bench_trainer        90   Trainer.fit, synthetic 224-px cohort: 80 MAE + 80 Stage-2 steps, bf16, 12 workers
+#   bench_data           50   loader images/s, 320 px stored -> 224 px, float32 vs uint8, 0/4/8/12 workers, headroom
+#   bench_mae_compile    85   torch.compile vs eager MAE step at mask 0.90 (compilation included in the limit)
 #                       ---
 #                       465 + env (~15 s; more only if pacx must be pip-installed: the budget then trims the tail)
 #
@@ -40,7 +40,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export PACX_BENCH_CACHE="${PACX_BENCH_CACHE:-/tmp/pacx_bench_cache}"
 export TOKENIZERS_PARALLELISM=false
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 SUMMARY=()
 
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -132,13 +132,13 @@ step bench_lora 30 "$PY" benchmarks/bench_lora.py --device cuda --paper --json "
 step bench_losses 20 "$PY" benchmarks/bench_losses.py --device cuda
 WORKERS=$(( $(nproc) - 2 < 12 ? $(nproc) - 2 : 12 ))
 (( WORKERS < 0 )) && WORKERS=0
-step bench_trainer 90 "$PY" benchmarks/bench_trainer.py --device cuda --paper --steps 100 --skip 20 \
+step bench_trainer 90 "$PY" benchmarks/bench_trainer.py --device cuda --paper --steps 80 --skip 15 \
     --workers "$WORKERS" --n-patients 400 --json "$OUT_DIR/bench_trainer.json"
 MODEL_IPS=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["tables"]["summary"]["step images/s"])' \
     "$OUT_DIR/bench_distill.json" 2>/dev/null || true)
-step bench_data 45 "$PY" benchmarks/bench_data.py --device cuda --paper --cohort-size 224 --n-patients 400 \
+step bench_data 50 "$PY" benchmarks/bench_data.py --device cuda --paper --cohort-size 224 --n-patients 400 \
     --workers "0,4,8,$WORKERS" ${MODEL_IPS:+--model-ips "$MODEL_IPS"} --json "$OUT_DIR/bench_data.json"
-step bench_mae_compile 90 "$PY" benchmarks/bench_mae.py --device cuda --paper --compile --ratios 0.90 \
+step bench_mae_compile 85 "$PY" benchmarks/bench_mae.py --device cuda --paper --compile --ratios 0.90 \
     --json "$OUT_DIR/bench_mae_compile.json"
 
 # ---------------------------------------------------------------- summary

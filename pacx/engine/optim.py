@@ -117,4 +117,10 @@ def build_optimizer(
     """
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    groups = param_groups(model, weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    # The fused kernel is 1.4-4.5x faster than the default per-tensor loop (BENCHMARKS.md);
+    # it needs floating-point parameters on one CPU or CUDA device.
+    devices = {p.device.type for p in params}
+    fused = len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)

@@ -101,7 +101,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [f"MAE mask ratio used in Stage 1: {results.get('mask_ratio')}.",
               "Values are linear-probe AUROC (mean over probe seeds, ± std) or mean per-image Dice/IoU; the CI is a "
               "95% bootstrap over test images of the seed-averaged prediction; p is a paired bootstrap of PaCX "
-              "against MAE on the same test images.", ""]
+              "against MAE on the same test images. Low-data figures plot the seed-averaged prediction's AUROC with "
+              "its bootstrap band, so their points can differ slightly from the per-seed means in the tables.", ""]
     lines += ["## Main table", "",
               "| task | kind | metric | random init | MAE | PaCX | gain (pts) | 95% CI (PaCX) | p (PaCX vs MAE) |",
               "|---|---|---|---|---|---|---|---|---|"]
