@@ -89,7 +89,10 @@ class SymileMIMIC(Dataset):
       global z-score (:func:`pacx.data.ecg.preprocess_ecg`, 500 Hz).
     * ``labs``: ``(50,)`` float32 percentiles; ``labs_observed``: ``(50,)`` float32, 1 = observed
       (read from ``labs_missingness_<split>.npy``, whose 1 also means observed).
-    * ``hadm_id`` (int), ``index`` (int row number), and one entry per ``extra_arrays`` key.
+    * ``hadm_id`` (int), ``patient_id`` (int: ``subject_id`` from ``tasks/<split>.csv`` or the
+      Symile split CSV ``<split>.csv`` when present, else the ``hadm_id``, since Symile splits
+      hold one admission per patient), ``index`` (int row number), and one entry per
+      ``extra_arrays`` key.
 
     Args:
         root: cohort root containing ``data_npy/`` (or the ``data_npy`` folder itself).
@@ -178,7 +181,7 @@ class SymileMIMIC(Dataset):
                 pairs.append((str(key), path if path.is_absolute() else self.root / path))
         else:
             pairs = [(str(name), self._split_file(str(name))) for name in extra]
-        reserved = set(self.files) | {"cxr", "ecg", "labs", "labs_observed", "hadm_id", "index"}
+        reserved = set(self.files) | {"cxr", "ecg", "labs", "labs_observed", "hadm_id", "patient_id", "index"}
         for key, path in pairs:
             if key in reserved:
                 raise ValueError(f"extra_arrays key {key!r} clashes with a built-in item key {sorted(reserved)}")
@@ -196,6 +199,7 @@ class SymileMIMIC(Dataset):
         if "labs" in arrays:
             self._check_labs(arrays["labs"], arrays["labs_observed"])
         self.hadm_ids = np.asarray(arrays["hadm_id"], dtype=np.int64).copy()
+        self.patient_ids = _patient_ids(self.root, self.split, self.hadm_ids)
 
     def _check_layout(self, arrays: Mapping[str, np.ndarray]) -> None:
         def fail(key: str, expected: str, arr: np.ndarray) -> None:
@@ -291,7 +295,8 @@ class SymileMIMIC(Dataset):
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for split {self.split!r} of length {self._length}")
         index = int(index) % self._length
-        item: dict[str, Any] = {"index": index, "hadm_id": int(self.hadm_ids[index])}
+        item: dict[str, Any] = {"index": index, "hadm_id": int(self.hadm_ids[index]),
+                                "patient_id": int(self.patient_ids[index])}
         if "cxr" in self.modalities:
             item["cxr"] = self._cxr(index)
         if "ecg" in self.modalities:
@@ -308,6 +313,26 @@ class SymileMIMIC(Dataset):
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
             f"modalities={self.modalities})"
         )
+
+
+def _patient_ids(root: Path, split: str, hadm_ids: np.ndarray) -> np.ndarray:
+    """``subject_id`` per row from ``tasks/<split>.csv`` or the Symile split CSV ``<split>.csv``.
+
+    The arrays hold only ``hadm_id``; Symile-MIMIC splits are patient-disjoint with one admission
+    per row, so without a CSV the admission id stands in for the patient id.
+    """
+    for path in (root / "tasks" / f"{split}.csv", root / f"{split}.csv"):
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path, usecols=lambda c: c in ("hadm_id", "subject_id"))
+        if {"hadm_id", "subject_id"} <= set(table.columns):
+            mapping = dict(zip(table["hadm_id"].astype(np.int64), table["subject_id"].astype(np.int64)))
+            missing = [int(h) for h in hadm_ids if int(h) not in mapping]
+            if missing:
+                raise ValueError(f"{path}: {len(missing)} hadm_ids of split {split!r} have no subject_id, "
+                                 f"e.g. {missing[:5]}")
+            return np.array([mapping[int(h)] for h in hadm_ids], dtype=np.int64)
+    return hadm_ids.copy()
 
 
 def load_task_labels(

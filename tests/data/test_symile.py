@@ -73,7 +73,7 @@ def test_ecg_preprocessing_is_globally_zscored(tmp_path):
 def test_only_requested_modalities_are_read(tmp_path):
     write_symile(tmp_path, cxr=None, ecg=None)  # files of unrequested modalities may be absent
     ds = SymileMIMIC(tmp_path, "train", modalities=("labs",))
-    assert set(ds[0]) == {"labs", "labs_observed", "hadm_id", "index"}
+    assert set(ds[0]) == {"labs", "labs_observed", "hadm_id", "patient_id", "index"}
 
 
 def test_image_size_and_transform(tmp_path):
@@ -205,3 +205,18 @@ def test_load_task_labels_aligns_by_hadm_id(tmp_path):
         load_task_labels(tmp_path, "train", ["pneumonia"])
     with pytest.raises(ValueError, match="missing from the file"):
         load_task_labels(tmp_path, "train", ["effusion"], [1, 2])
+
+
+def test_patient_id_comes_from_the_split_csv_or_falls_back_to_hadm_id(tmp_path):
+    root = write_symile(tmp_path / "a")
+    ds = SymileMIMIC(root, "train", modalities=("labs",))
+    assert [ds[i]["patient_id"] for i in range(N)] == ds.hadm_ids.tolist()
+    hadm = np.arange(20_000_000, 20_000_000 + N)
+    # Symile's split CSV, rows in another order than the arrays: ids follow hadm_id, not position.
+    (root / "train.csv").write_text("subject_id,hadm_id\n" + "\n".join(
+        f"{10_000 + i},{h}" for i, h in reversed(list(enumerate(hadm)))) + "\n")
+    ds = SymileMIMIC(root, "train", modalities=("labs",))
+    assert [ds[i]["patient_id"] for i in range(N)] == [10_000 + i for i in range(N)]
+    (root / "train.csv").write_text("subject_id,hadm_id\n1,20000000\n")
+    with pytest.raises(ValueError, match="have no subject_id"):
+        SymileMIMIC(root, "train", modalities=("labs",))
