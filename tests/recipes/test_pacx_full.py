@@ -21,12 +21,18 @@ import pytest
 import timm
 import torch
 
+from tests.utils import SHARED_DATA
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "pacx_full.py"
 
 
-def _command(out: Path) -> list[str]:
-    return [sys.executable, str(RECIPE), "--profile", "quick", "--out", str(out), "--seed", "0"]
+def _command(out: Path, real_eval: bool = False) -> list[str]:
+    cmd = [sys.executable, str(RECIPE), "--profile", "quick", "--out", str(out), "--seed", "0"]
+    return cmd + (["--real-eval"] if real_eval else [])
+
+
+REAL = (SHARED_DATA / "montgomery").is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def finished_run(tmp_path_factory):
     first.stdout.close()
     assert not (out / "results.json").exists()
 
-    second = subprocess.run(_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(_command(out, real_eval=REAL), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     return out, second.stdout
 
@@ -105,3 +111,13 @@ def test_exported_backbone_loads_into_timm(finished_run):
     # The stage skipped on resume must not have been retrained: the MAE weights predate the PaCX ones.
     assert (out / "backbones" / "mae" / "model.safetensors").stat().st_mtime <= (
         out / "backbones" / "pacx" / "model.safetensors").stat().st_mtime
+
+
+@pytest.mark.skipif(not REAL, reason=f"sample data {SHARED_DATA / 'montgomery'} not present")
+def test_real_eval_rows(finished_run):
+    out, _ = finished_run
+    real = json.loads((out / "results.json").read_text())["real_data"]
+    for key in ("tb_auroc", "lung_dice", "lung_iou"):
+        assert set(real[key]) == {"random", "mae", "pacx"}
+        assert all(0.0 <= v["mean"] <= 1.0 for v in real[key].values())
+    assert "Montgomery" in (out / "results.md").read_text()
