@@ -69,6 +69,10 @@ class _Context:
         self.image_size = next(iter(encoders.values())).patch_embed.img_size[0]
         self.cache = out / "eval" / "features"
         self.datasets: dict[str, SymileMIMIC] = {}
+        # Every probe, seed and fraction reads the same features: keep them in memory rather than
+        # re-hashing the encoder weights for the disk-cache key on each call.
+        self._features: dict[tuple[str, str, str], np.ndarray] = {}
+        self._labels: dict[tuple[str, str], np.ndarray] = {}
 
     def dataset(self, split: str) -> SymileMIMIC:
         if split not in self.datasets:
@@ -76,11 +80,18 @@ class _Context:
         return self.datasets[split]
 
     def features(self, name: str, split: str, pool: str = "token") -> np.ndarray:
-        return extract_features(self.encoders[name], self.dataset(split), cache_dir=self.cache, pool=pool,
-                                dataset_key=f"{self.root.resolve()}:{split}:{self.image_size}", batch_size=128)
+        key = (name, split, pool)
+        if key not in self._features:
+            self._features[key] = extract_features(
+                self.encoders[name], self.dataset(split), cache_dir=self.cache, pool=pool,
+                dataset_key=f"{self.root.resolve()}:{split}:{self.image_size}", batch_size=128)
+        return self._features[key]
 
     def labels(self, split: str, task: str) -> np.ndarray:
-        return load_task_labels(self.root, split, [task], hadm_ids=self.dataset(split).hadm_ids)[:, 0]
+        if (split, task) not in self._labels:
+            self._labels[split, task] = load_task_labels(
+                self.root, split, [task], hadm_ids=self.dataset(split).hadm_ids)[:, 0]
+        return self._labels[split, task]
 
     def masks(self, split: str) -> np.ndarray:
         path = self.root / self.meta["segmentation"]["lung"]["mask"].format(split=split)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pacx.distributed import barrier, init_distributed, is_main_process
-from pacx.io import save_json
 
 from .cli import run_stage
-from .evaluation import summarize_metric, evaluate_encoders, evaluate_variant
+from .evaluation import evaluate_encoders, evaluate_variant, summarize_metric
 from .report import write_report
 from .stages import STAGES, data_root, distill
 
@@ -110,7 +108,10 @@ def run_pipeline(
 
 
 def _real_eval(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    """Montgomery TB AUROC and lung Dice/IoU of the three encoders (real radiographs)."""
+    """Montgomery TB AUROC and lung Dice/IoU of the three encoders (real radiographs).
+
+    The summary may hold numpy values; :func:`write_report` makes the whole payload JSON-safe.
+    """
     from pacx.engine import load_backbone
     from pacx.eval import evaluate_montgomery
 
@@ -119,26 +120,10 @@ def _real_eval(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
     ev = cfg["eval"]
     res = evaluate_montgomery(encoders, image_size=size, seeds=tuple(ev["seeds"]), cache_dir=out / "eval" / "features",
                               n_resamples=int(ev["bootstrap_resamples"]))
-    summary: dict[str, Any] = {"data": _jsonable(res.get("data", {}))}
+    summary: dict[str, Any] = {"data": res.get("data", {})}
     summary["tb_auroc"] = {n: summarize_metric(r, "auroc") for n, r in res["classification"].items()}
     for metric in ("dice", "iou"):
         summary[f"lung_{metric}"] = {n: {"mean": float(r[metric]), "ci": [float(v) for v in r["ci"].get(metric, [])]}
                                      for n, r in res["segmentation"].items()}
-    summary["comparisons"] = _jsonable(res.get("comparisons", {}))
+    summary["comparisons"] = res.get("comparisons", {})
     return summary
-
-
-def _jsonable(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return None if obj.size > 16 else obj.tolist()
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

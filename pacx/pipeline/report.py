@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pacx.eval.tables import alignment_table, main_results_table
 from pacx.io import atomic_write, save_json
 
 __all__ = ["check_claims", "render_markdown", "write_report"]
@@ -89,31 +90,18 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _ci(ci: Any) -> str:
-    if not ci or any(v is None or not math.isfinite(v) for v in ci):
-        return "-"
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The human-readable report of a run."""
     lines = [f"# PaCX-MAE results (profile `{results.get('profile')}`, seed {results.get('seed')})", ""]
     lines += [f"MAE mask ratio used in Stage 1: {results.get('mask_ratio')}.",
-              "Values are linear-probe AUROC (mean over probe seeds, ± std) or mean per-image Dice/IoU; the CI is a "
+              "Values are linear-probe AUROC (mean over probe seeds; per-seed values and their std are in results.json) or mean per-image Dice/IoU; the CI is a "
               "95% bootstrap over test images of the seed-averaged prediction; p is a paired bootstrap of PaCX "
               "against MAE on the same test images. Low-data figures plot the seed-averaged prediction's AUROC with "
               "its bootstrap band, so their points can differ slightly from the per-seed means in the tables.", ""]
-    lines += ["## Main table", "",
-              "| task | kind | metric | random init | MAE | PaCX | gain (pts) | 95% CI (PaCX) | p (PaCX vs MAE) |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for task, v in results.get("tasks", {}).items():
-        def cell(name: str) -> str:
-            e = v.get(name, {})
-            std = e.get("std")
-            return _f(e.get("mean")) + (f" ± {std:.3f}" if std else "")
-        gain = (v["pacx"]["mean"] - v["mae"]["mean"]) * 100
-        lines.append(f"| {task} | {v['kind']} | {v['metric']} | {cell('random')} | {cell('mae')} | {cell('pacx')} | "
-                     f"{gain:+.1f} | {_ci(v['pacx'].get('ci'))} | {_f(v.get('p_value'))} |")
+    rows = [{"task": task, "kind": v["kind"], "metric": v["metric"], "random": v["random"]["mean"],
+             "mae": v["mae"]["mean"], "pacx": v["pacx"]["mean"], "ci": v["pacx"].get("ci"), "p": v.get("p_value")}
+            for task, v in results.get("tasks", {}).items()]
+    lines += ["## Main table", "", main_results_table(rows).rstrip()]
     low = results.get("low_data", {})
     if low:
         lines += ["", "## Low-data linear probe (AUROC, mean over seeds)", "",
@@ -125,13 +113,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     details = results.get("alignment_details", {})
     if details:
         lines += ["", "## Alignment to the teachers (ridge readout from frozen CXR features, test split)", "",
-                  "| encoder | teacher | R² | cos (raw) | cos (centred) | random-pair cos (centred) | R@1 | R@10 |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for enc, by_t in details.items():
-            for t, m in by_t.items():
-                lines.append(f"| {enc} | {t} | {_f(m.get('r2'))} | {_f(m.get('cosine_raw'))} | "
-                             f"{_f(m.get('cosine_centered'))} | {_f(m.get('random_pair_cosine_centered'))} | "
-                             f"{_f(m.get('recall@1'))} | {_f(m.get('recall@10'))} |")
+                  alignment_table(details).rstrip()]
     heads = results.get("retrieval_through_heads", {})
     if heads:
         lines += ["", "Retrieval CXR → teacher through the trained Stage-2 projection heads (test split): " + "; ".join(

@@ -25,7 +25,7 @@ from pacx.data.transforms import stage1_train_transform, stage2_train_transform
 from pacx.distributed import barrier, is_main_process
 from pacx.engine import Trainer, TrainerConfig, export_backbone, load_backbone, make_loader
 from pacx.engine.trainer import unwrap_model
-from pacx.io import load_json, load_safetensors, save_json
+from pacx.io import load_json, load_safetensors, save_json, save_safetensors
 from pacx.nets import (
     ECGTeacher,
     LabDAE,
@@ -175,8 +175,6 @@ def pretrain_mae(cfg: Mapping[str, Any], out: str | Path, resume: str | None = N
     if is_main_process():
         export_backbone(mae.encoder, out / "backbones" / "mae", extra={"stage": "mae", "mask_ratio": mae.mask_ratio})
         save_json(mae.config, out / "mae" / "mae_config.json")
-        from pacx.io import save_safetensors
-
         save_safetensors(mae.state_dict(), out / "mae" / "mae_full.safetensors")
     _mark_done(out, "mae", cfg, info)
     return info
@@ -288,8 +286,6 @@ def train_ecg_teacher(cfg: Mapping[str, Any], out: str | Path, resume: str | Non
         load_ecgfounder_checkpoint(net, sec["checkpoint"])
         info: dict[str, Any] = {"loaded_from": str(sec["checkpoint"]), "arch": "ecgfounder"}
         if is_main_process():
-            from pacx.io import save_safetensors
-
             save_safetensors(net.state_dict(), folder / "final" / "model.safetensors")
     else:
         root = data_root(cfg, out)
@@ -400,8 +396,6 @@ def distill(cfg: Mapping[str, Any], out: str | Path, resume: str | None = None,
     if is_main_process():
         export_backbone(model.export_encoder(), out / "backbones" / backbone_name,
                         extra={"stage": stage, "teachers": names})
-        from pacx.io import save_safetensors
-
         save_safetensors(model.state_dict(), out / stage / "distiller.safetensors")
     _mark_done(out, stage, cfg, info)
     return info
