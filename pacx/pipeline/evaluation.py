@@ -8,8 +8,9 @@ tokens; alignment reads the cached teacher embeddings. The function returns the
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,14 @@ from pacx.eval import (
     compare,
     compare_segmentation,
     extract_features,
+    fit_ridge,
     plot_low_data_curves,
     plot_mae_reconstruction,
     plot_rollout_overlays,
     plot_training_curves,
+    predict_ridge,
     probe_task,
+    r2_score,
     retrieval_recall_at_k,
     segmentation_probe,
     select_rescue_cases,
@@ -60,11 +64,24 @@ def summarize_metric(result: Mapping[str, Any], metric: str) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class _Context:
     """Cached datasets, features and labels of one evaluation run."""
 
-    def __init__(self, cfg: Mapping[str, Any], out: Path, root: Path, encoders: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: Mapping[str, Any], out: Path, root: Path, encoders: Mapping[str, Any],
+                 threads: int = 1) -> None:
         self.cfg, self.out, self.root, self.encoders = cfg, out, root, encoders
+        self.threads = threads  # for the multi-threaded segmentation probe
         self.meta = load_json(root / "cohort.json") if (root / "cohort.json").is_file() else {}
         self.image_size = next(iter(encoders.values())).patch_embed.img_size[0]
         self.cache = out / "eval" / "features"
@@ -125,6 +142,57 @@ def _alignment(ctx: _Context, names: Sequence[str]) -> dict[str, dict[str, Any]]
         out[name] = {t: alignment_metrics(x_train, np.asarray(y_train[t]), x_test, np.asarray(y_test[t]))
                      for t in teachers}
     return out
+
+
+# The latent variables the synthetic CXR renders (heart width as the cardiothoracic ratio,
+# costophrenic blunting, perihilar haze) and the state behind them: how readable each is from
+# an encoder's frozen features shows whether Stage 2 moved the CXR embedding towards what the
+# teachers see. The raw pixels are the reference: what a linear readout of the image itself gets.
+LATENT_READOUT_VARIABLES = ("ctr", "effusion", "haze", "cardiac", "congestion")
+_READOUT_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def _ridge_r2(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Test R² per target column, the ridge penalty chosen per column on the validation split."""
+    best_val = np.full(y["train"].shape[1], -np.inf)
+    test = np.zeros(y["train"].shape[1])
+    for alpha in _READOUT_ALPHAS:
+        readout = fit_ridge(x["train"], y["train"], alpha=alpha)
+        pred = {k: predict_ridge(readout, x[k]) for k in ("val", "test")}
+        for j in range(y["train"].shape[1]):
+            val = r2_score(y["val"][:, j:j + 1], pred["val"][:, j:j + 1])
+            if val > best_val[j]:
+                best_val[j], test[j] = val, r2_score(y["test"][:, j:j + 1], pred["test"][:, j:j + 1])
+    return test
+
+
+def _latent_readout(ctx: _Context, names: Sequence[str], pixels: bool = True) -> dict[str, dict[str, float]]:
+    """Test R² of a ridge readout of each latent variable from each encoder's class token.
+
+    Only for synthetic cohorts (which ship ``latent/<split>.csv``); fitted on the probe training
+    split, the penalty chosen on the probe validation split. With ``pixels``, a ``"pixels"`` row
+    reads the same variables from the raw image (first channel, flattened).
+    """
+    import csv
+
+    targets: dict[str, np.ndarray] = {}
+    variables: list[str] = []
+    for key, split in PROBE_SPLITS.items():
+        path = ctx.root / "latent" / f"{split}.csv"
+        if not path.is_file():
+            return {}
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        ids = np.array([int(r["hadm_id"]) for r in rows])
+        if not np.array_equal(ids, ctx.dataset(split).hadm_ids):
+            raise ValueError(f"{path}: hadm_id order differs from the {split} split")
+        variables = [v for v in LATENT_READOUT_VARIABLES if v in rows[0]]
+        targets[key] = np.array([[float(r[v]) for v in variables] for r in rows])
+    inputs = {n: {k: ctx.features(n, s).astype(np.float64) for k, s in PROBE_SPLITS.items()} for n in names}
+    if pixels:
+        inputs["pixels"] = {k: np.stack([ctx.dataset(s)[i]["cxr"][0].numpy().ravel() for i in range(len(ctx.dataset(s)))])
+                            .astype(np.float64) for k, s in PROBE_SPLITS.items()}
+    return {n: dict(zip(variables, map(float, _ridge_r2(x, targets)))) for n, x in inputs.items()}
 
 
 def _head_retrieval(ctx: _Context) -> dict[str, dict[str, float]]:
@@ -198,21 +266,19 @@ def evaluate_encoders(cfg: Mapping[str, Any], out: str | Path, root: str | Path,
                       names: Sequence[str] = ENCODERS) -> dict[str, Any]:
     """Run Stage 3 and return the ``results.json`` payload (tasks, low-data, alignment, figures)."""
     out, root = Path(out), Path(root)
-    threads = torch.get_num_threads()
     # Probes are thousands of tiny ops: one thread avoids OpenMP synchronisation costs that
     # otherwise dominate (measured 60x slower per op with 2 threads on a busy 2-core machine).
-    torch.set_num_threads(1)
-    try:
-        return _evaluate_encoders(cfg, out, root, names)
-    finally:
-        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    with _threads(1):
+        return _evaluate_encoders(cfg, out, root, names, threads)
 
 
-def _evaluate_encoders(cfg: Mapping[str, Any], out: Path, root: Path, names: Sequence[str]) -> dict[str, Any]:
+def _evaluate_encoders(cfg: Mapping[str, Any], out: Path, root: Path, names: Sequence[str],
+                       threads: int) -> dict[str, Any]:
     start = time.perf_counter()
     ev = cfg["eval"]
     encoders = {n: load_backbone(out / "backbones" / n).eval() for n in names}
-    ctx = _Context(cfg, out, root, encoders)
+    ctx = _Context(cfg, out, root, encoders, threads)
     tasks_meta = ctx.meta.get("tasks", {})
     results: dict[str, Any] = {"tasks": {}, "low_data": {}, "alignment": {}}
 
@@ -231,9 +297,12 @@ def _evaluate_encoders(cfg: Mapping[str, Any], out: Path, root: Path, names: Seq
         tokens = {n: {k: ctx.features(n, s, pool="patch") for k, s in PROBE_SPLITS.items()} for n in names}
         masks = {k: ctx.masks(s) for k, s in PROBE_SPLITS.items()}
         patch = encoders[names[0]].patch_embed.patch_size[0]
-        seg = {n: segmentation_probe(tokens[n], masks, patch, seeds=tuple(ev["seeds"][:1]),
-                                     n_resamples=int(ev["bootstrap_resamples"]), epochs=int(ev["seg_epochs"]))
-               for n in names}
+        # The segmentation head is convolutions on whole images, which do use several threads
+        # (measured 110 s of a 157 s CPU evaluation on one thread).
+        with _threads(ctx.threads):
+            seg = {n: segmentation_probe(tokens[n], masks, patch, seeds=tuple(ev["seeds"][:1]),
+                                         n_resamples=int(ev["bootstrap_resamples"]), epochs=int(ev["seg_epochs"]))
+                   for n in names}
         for metric in ("dice", "iou"):
             entry = {"kind": "anatomy", "metric": metric}
             for n in names:
@@ -264,6 +333,9 @@ def _evaluate_encoders(cfg: Mapping[str, Any], out: Path, root: Path, names: Seq
         results["alignment"] = {t: {n: float(align[n][t]["cosine_centered"]) for n in names}
                                 for t in cfg["distill"]["teachers"]}
         results["retrieval_through_heads"] = _head_retrieval(ctx)
+    readout = _latent_readout(ctx, names)
+    if readout:
+        results["latent_readout"] = readout
 
     results["figures"] = _figures(ctx, probes, {t: curves[t] for t in physiology[:2] if t in curves})
     results["eval_seconds"] = time.perf_counter() - start
@@ -276,13 +348,9 @@ def evaluate_variant(cfg: Mapping[str, Any], out: str | Path, root: str | Path, 
     Used for the ablation rows: the same protocol as the main table, on ``<out>/backbones/<name>``.
     """
     out, root = Path(out), Path(root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see evaluate_encoders
-    try:
+    with _threads(1):  # see evaluate_encoders
         ctx = _Context(cfg, out, root, {name: load_backbone(out / "backbones" / name).eval()})
         return _variant_row(ctx, out, name)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _variant_row(ctx: _Context, out: Path, name: str) -> dict[str, Any]:

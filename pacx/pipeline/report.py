@@ -118,6 +118,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if heads:
         lines += ["", "Retrieval CXR → teacher through the trained Stage-2 projection heads (test split): " + "; ".join(
             f"{t}: R@1 {_f(m.get('recall@1'))}, R@10 {_f(m.get('recall@10'))} (n={m.get('n')})" for t, m in heads.items())]
+    readout = results.get("latent_readout", {})
+    if readout:
+        variables = list(next(iter(readout.values())))
+        lines += ["", "## What the CXR features read of the latent state (synthetic cohort; ridge R², probe test split)", "",
+                  "| encoder | " + " | ".join(variables) + " |", "|---|" + "---|" * len(variables)]
+        lines += [f"| {enc} | " + " | ".join(_f(r.get(v), 2) for v in variables) + " |" for enc, r in readout.items()]
     abl = results.get("ablations", {})
     if abl:
         tasks = list(next(iter(abl.values()))["physiology_auroc"])

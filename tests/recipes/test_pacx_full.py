@@ -91,6 +91,10 @@ def test_results_json_has_the_promised_keys(finished_run):
     assert set(results["alignment"]) == {"ecg", "labs"}
     assert all(_finite(v["pacx"]) and _finite(v["mae"]) for v in results["alignment"].values())
     assert "regression_only" in results["ablations"]
+    assert set(results["latent_readout"]) == {"random", "mae", "pacx", "pixels"}
+    for readout in results["latent_readout"].values():
+        assert {"ctr", "effusion", "haze"} <= set(readout)
+        assert all(_finite(r2) and r2 <= 1.0 for r2 in readout.values())
     assert len(results["claims"]) >= 4
     text = (out / "results.md").read_text()
     assert "## Main table" in text and "reduced_ef" in text
