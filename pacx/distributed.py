@@ -86,9 +86,30 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed() or get_world_size() == 1:
         return tensor
-    import torch.distributed.nn.functional as dist_fn  # imported lazily: not needed single-process
+    return _GatherWithGrad.apply(tensor.contiguous())
 
-    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums each slice's gradient over ranks and returns this rank's.
+
+    Written here rather than taken from ``torch.distributed.nn.functional.all_gather``, which
+    torch 2.14 deprecates in favour of a private module. ``all_reduce`` (not ``reduce_scatter``)
+    keeps it working on gloo as well as NCCL.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        ctx.batch = tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.contiguous().clone()  # all_reduce is in place; the incoming gradient may be shared
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.batch
+        return grad[start:start + ctx.batch]
 
 
 def all_gather_object(obj: object) -> list[object]:

@@ -157,6 +157,7 @@ def plot_low_data_curves(
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     all_fracs: set[float] = set()
+    labels: dict[float, list[tuple[float, str]]] = {}
     for name, points in curves.items():
         fracs = sorted(float(f) for f in points)
         if not fracs:
@@ -168,7 +169,14 @@ def plot_low_data_curves(
         if np.isfinite(vals[:, 1:]).all():
             ax.fill_between(pct, vals[:, 1], vals[:, 2], color=line.get_color(), alpha=0.2, linewidth=0)
         for x, y in zip(pct, vals[:, 0]):
-            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            labels.setdefault(float(x), []).append((float(y), line.get_color()))
+    # Value labels: the highest curve's above its point, the others below theirs, so that close
+    # curves do not print on top of each other.
+    for x, entries in labels.items():
+        for rank, (y, color) in enumerate(sorted(entries, key=lambda e: -e[0])):
+            above = rank == 0
+            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6 if above else -7 - 9 * (rank - 1)),
+                        ha="center", va="bottom" if above else "top", fontsize=8, color=color)
     ax.set_xscale("log")
     ticks = sorted(f * 100 for f in all_fracs)
     ax.set_xticks(ticks)

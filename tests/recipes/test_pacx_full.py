@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,3 +126,18 @@ def test_real_eval_rows(finished_run):
         assert set(real[key]) == {"random", "mae", "pacx"}
         assert all(0.0 <= v["mean"] <= 1.0 for v in real[key].values())
     assert "Montgomery" in (out / "results.md").read_text()
+
+
+def test_evaluate_recipe_reports_the_stage1_mask_ratio(finished_run, tmp_path):
+    # Stage 3 alone, on a copy of the finished run so the other tests keep their results.json.
+    out, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("results.*", "figures"))
+    cmd = [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--profile", "quick", "--out", str(copy), "--seed", "0"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads((copy / "results.json").read_text())
+    assert results["mask_ratio"] == pytest.approx(0.9)
+    assert "MAE mask ratio used in Stage 1: 0.9." in (copy / "results.md").read_text()
+    assert results["tasks"]["reduced_ef"]["pacx"]["mean"] == pytest.approx(
+        json.loads((out / "results.json").read_text())["tasks"]["reduced_ef"]["pacx"]["mean"])
