@@ -1,4 +1,5 @@
-"""Shared helpers of the pacx benchmarks: interleaved median timers, CUDA sync, peak memory, tables, JSON.
+"""Shared helpers of the pacx benchmarks: interleaved median timers, CUDA sync, peak memory, tables,
+JSON, and a dataset repeated to the length a timed loader needs.
 
 Every benchmark reports RATIOS of quantities measured in one process, because absolute numbers
 on a shared machine mean little. To keep a ratio fair when the machine's load drifts, the
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 __all__ = [
     "Measurement",
@@ -39,6 +41,7 @@ __all__ = [
     "peak_memory_bytes",
     "print_header",
     "print_table",
+    "repeat_dataset",
     "resolve_amp",
     "setup",
     "sync",
@@ -46,6 +49,24 @@ __all__ = [
 ]
 
 MIB = 2.0**20
+
+
+class _Repeated(Dataset):
+    """``base`` repeated ``times`` times (index ``i`` reads row ``i % len(base)``)."""
+
+    def __init__(self, base: Dataset, times: int) -> None:
+        self.base, self.times = base, times
+
+    def __len__(self) -> int:
+        return len(self.base) * self.times
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[index % len(self.base)]
+
+
+def repeat_dataset(base: Dataset, min_length: int) -> Dataset:
+    """``base`` repeated whole until it has at least ``min_length`` rows (a small cohort feeds long timings)."""
+    return _Repeated(base, max(1, -(-min_length // len(base))))
 
 
 @dataclass

@@ -41,11 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import add_common_args, print_header, print_table, setup, write_json  # noqa: E402
+from _timing import add_common_args, print_header, print_table, repeat_dataset, setup, write_json  # noqa: E402
 
 from pacx.data import IMAGENET_MEAN, IMAGENET_STD, SymileMIMIC, stage2_train_transform  # noqa: E402
 from pacx.data.synthetic import make_cohort  # noqa: E402
@@ -53,19 +52,6 @@ from pacx.engine import make_loader, move_to_device  # noqa: E402
 
 SPLIT = "train"
 CHUNK = 64  # rows converted at a time when writing variants
-
-
-class Repeated(Dataset):
-    """``base`` repeated ``times`` times (index ``i`` reads row ``i % len(base)``)."""
-
-    def __init__(self, base: Dataset, times: int) -> None:
-        self.base, self.times = base, times
-
-    def __len__(self) -> int:
-        return len(self.base) * self.times
-
-    def __getitem__(self, index: int) -> Any:
-        return self.base[index % len(self.base)]
 
 
 def _write_split(folder: Path, name: str, array_fn: Any, shape: tuple[int, ...], dtype: Any, hadm: np.ndarray) -> None:
@@ -177,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         base = SymileMIMIC(variants[storage], SPLIT, modalities=("cxr",), image_size=args.image_size,
                            cxr_transform=stage2_train_transform(args.image_size) if augment else None)
         need = (max(1, w) + args.batches) * args.batch
-        dataset = Repeated(base, max(1, -(-need // len(base))))
+        dataset = repeat_dataset(base, need)
         loaders[(storage, w, augment)] = make_loader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
                                                      num_workers=w, seed=args.seed, pin_memory=device.type == "cuda")
     samples: dict[tuple, list[float]] = {c: [] for c in configs}

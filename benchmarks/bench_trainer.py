@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _flops import distiller_flops, lookup_peak_tflops, mae_flops, mfu  # noqa: E402
-from _timing import add_common_args, fmt_mib, print_header, print_table, setup, write_json  # noqa: E402
+from _timing import add_common_args, fmt_mib, print_header, print_table, repeat_dataset, setup, write_json  # noqa: E402
 
 from pacx.data import EmbeddingDataset, SymileMIMIC, stage1_train_transform, stage2_train_transform  # noqa: E402
 from pacx.data.synthetic import make_cohort  # noqa: E402
@@ -49,19 +49,6 @@ from pacx.engine import Trainer, TrainerConfig, make_loader, move_to_device  # n
 from pacx.nets import PaCXDistiller, create_mae  # noqa: E402
 
 TEACHER_DIMS = {"ecg": 1024, "labs": 256}
-
-
-class Repeated(Dataset):
-    """``base`` repeated ``times`` times (index ``i`` reads row ``i % len(base)``)."""
-
-    def __init__(self, base: Dataset, times: int) -> None:
-        self.base, self.times = base, times
-
-    def __len__(self) -> int:
-        return len(self.base) * self.times
-
-    def __getitem__(self, index: int) -> Any:
-        return self.base[index % len(self.base)]
 
 
 class StepClock:
@@ -115,7 +102,7 @@ def run_stage(stage: str, args: argparse.Namespace, root: Path, device: torch.de
         base = EmbeddingDataset(sym, embeddings)
         step_fn, flops = distill_step, distiller_flops(model, args.batch)
         cfg = dict(lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999), grad_clip=1.0)
-    dataset = Repeated(base, max(1, -(-need // len(base))))
+    dataset = repeat_dataset(base, need)
     loader = make_loader(dataset, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
                          seed=args.seed, pin_memory=device.type == "cuda")
     config = TrainerConfig(epochs=1, max_steps=args.steps, warmup_steps=min(10, args.steps), amp=args.amp,
