@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pacx.constants import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "COHORT_VERSION",
     "DEFAULT_SPLIT_FRACTIONS",
@@ -52,8 +54,10 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "labs_to_percentiles",
+    "CORPUS_KINDS",
     "main",
     "make_cohort",
+    "make_cxr_corpus",
     "plot_sample_patients",
     "render_cxr",
     "sample_latent_state",
@@ -80,10 +84,6 @@ ECG_SAMPLES = 5000
 # MIMIC-IV-ECG / Symile order (aVF before aVL), as stored in ecg_<split>.npy.
 MIMIC_ECG_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
 
-# Same values as pacx.data.transforms.IMAGENET_MEAN/STD; kept here so the generator has no
-# dependency on the transform module.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Patients are rendered and written in chunks of this size: it bounds memory and, being a fixed
 # constant, keeps the per-chunk random streams (and hence the bytes) independent of the machine.
@@ -1003,6 +1003,164 @@ def make_cohort(
     return target
 
 
+# Random-stream tags and patient-id ranges of the CXR-only corpora. Cohorts draw from the
+# streams (seed, 0) and (seed, 1, ...); a corpus draws from (seed, 2, tag) and
+# (seed, 3, tag, ...), so a corpus never repeats a cohort's patients, and its ``hadm_id``s lie
+# in a range of its own.
+CORPUS_KINDS: dict[str, dict[str, int]] = {
+    "probe": {"tag": 1, "hadm_base": 30_000_000},
+    "prior": {"tag": 2, "hadm_base": 40_000_000},
+}
+_LATENT_COLUMNS = ("age", "sex", "cardiac", "hypertrophy", "conduction", "ischaemia", "renal", "congestion",
+                   "inflammation", "lvef", "heart_size", "effusion", "haze")
+
+
+def make_cxr_corpus(
+    root: str | os.PathLike,
+    split_sizes: Mapping[str, int],
+    image_size: int = 64,
+    seed: int = 0,
+    kind: str = "probe",
+    force: bool = False,
+    *,
+    num_workers: int | None = None,
+) -> Path:
+    """Generate (or reuse) CXR-only patients of the cohort's generator in the Symile-MIMIC layout.
+
+    Two uses, each with its own random stream and ``hadm_id`` range (:data:`CORPUS_KINDS`):
+    ``"probe"`` holds the large evaluation splits of a cohort (probe train / val / test), and
+    ``"prior"`` the unpaired corpus the Stage-1 MAE prior is pretrained on. Patients come from the
+    same latent-state model and the same renderer as :func:`make_cohort`, but only what images
+    need is written: ``data_npy/<split>/cxr_<split>.npy`` and ``hadm_id_<split>.npy``, the task
+    labels (``tasks/<split>.csv``), the lung masks and the latent state (``latent/<split>.csv``).
+    No ECG or labs are simulated. Caching, atomic writing and determinism are as for
+    :func:`make_cohort`; the folder is ``root/corpus_<hash>/``.
+
+    Args:
+        root: folder that holds cohorts and corpora (created if needed).
+        split_sizes: patients per split, e.g. ``{"probe_train": 8000, "probe_val": 4000}``.
+        image_size: CXR side in pixels (>= 16).
+        seed: random seed (>= 0).
+        kind: ``"probe"`` or ``"prior"``.
+        force: regenerate even if an identical corpus exists.
+        num_workers: rendering threads; changes speed only, never the bytes.
+
+    Returns:
+        The corpus root.
+
+    Raises:
+        ValueError: on an unknown ``kind``, an empty or non-positive split size, a bad seed or
+            image size.
+
+    Example:
+        >>> root = make_cxr_corpus("/tmp/pacx_cohorts", {"probe_test": 500}, image_size=32)  # doctest: +SKIP
+        >>> (root / "data_npy" / "probe_test" / "cxr_probe_test.npy").exists()  # doctest: +SKIP
+        True
+    """
+    if kind not in CORPUS_KINDS:
+        raise ValueError(f"kind must be one of {sorted(CORPUS_KINDS)}, got {kind!r}")
+    if not isinstance(split_sizes, Mapping) or not split_sizes:
+        raise ValueError(f"split_sizes must be a non-empty mapping of split name to size, got {split_sizes!r}")
+    sizes = {str(k): _check_positive_int(f"split_sizes[{k!r}]", v) for k, v in split_sizes.items()}
+    image_size = _check_positive_int("image_size", image_size)
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    params = {"version": COHORT_VERSION, "kind": kind, "split_sizes": sizes, "image_size": image_size,
+              "seed": int(seed)}
+    root = Path(root)
+    target = root / f"corpus_{_params_hash(params)}"
+    if not force and _read_parameters(target) == params:
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    try:
+        _generate_corpus(tmp, params, _default_workers() if num_workers is None else
+                         _check_positive_int("num_workers", num_workers))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _render_cxr_chunk(sub: Mapping[str, np.ndarray], size: int, key: tuple[int, ...]) -> dict:
+    rng = np.random.default_rng(np.random.SeedSequence(list(key)))
+    img, lung, info = render_cxr(sub, size, rng)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    cxr = np.ascontiguousarray((img[:, None, :, :] - mean) / std, dtype=np.float32)
+    return {"cxr": cxr, "lung": lung, "info": {k: info[k] for k in ("ctr", "device", "nodule_radius_px")}}
+
+
+def _generate_corpus(out: Path, params: Mapping, num_workers: int) -> None:
+    start = time.perf_counter()
+    seed, size, sizes = params["seed"], params["image_size"], params["split_sizes"]
+    tag, hadm_base = CORPUS_KINDS[params["kind"]]["tag"], CORPUS_KINDS[params["kind"]]["hadm_base"]
+    n = sum(sizes.values())
+    master = np.random.default_rng(np.random.SeedSequence([seed, 2, tag]))
+    state = sample_latent_state(n, master)
+    (out / "tasks").mkdir(parents=True)
+    (out / "latent").mkdir()
+    hashes: dict[str, str] = {}
+    offset = 0
+    for s_code, (split, m) in enumerate(sizes.items()):
+        idx = np.arange(offset, offset + m)
+        offset += m
+        folder = out / "data_npy" / split
+        folder.mkdir(parents=True)
+        writers = {"cxr": _NpyWriter(folder / f"cxr_{split}.npy", np.float32, (m, 3, size, size)),
+                   "lung": _NpyWriter(out / "tasks" / f"lung_mask_{split}.npy", np.uint8, (m, size, size))}
+        hashers = {k: hashlib.sha256() for k in writers}
+        info_rows = {k: np.zeros(m, np.float32) for k in ("ctr", "device", "nodule_radius_px")}
+        bounds = [(lo, min(lo + _CHUNK, m)) for lo in range(0, m, _CHUNK)]
+        jobs = ((_take(state, idx[lo:hi]), size, (seed, 3, tag, s_code, c)) for c, (lo, hi) in enumerate(bounds))
+        try:
+            for (lo, hi), chunk in zip(bounds, _map_bounded(_render_cxr_chunk, jobs, num_workers)):
+                for k in info_rows:
+                    info_rows[k][lo:hi] = chunk["info"][k]
+                for k, writer in writers.items():
+                    writer.write(chunk[k])
+                    hashers[k].update(chunk[k].tobytes())
+        except BaseException:
+            for writer in writers.values():
+                writer.close(check=False)
+            raise
+        for writer in writers.values():
+            writer.close()
+        hashes[f"data_npy/{split}/cxr_{split}.npy"] = hashers["cxr"].hexdigest()
+        hashes[f"tasks/lung_mask_{split}.npy"] = hashers["lung"].hexdigest()
+        hadm = hadm_base + idx.astype(np.int64)
+        np.save(folder / f"hadm_id_{split}.npy", hadm)
+        hashes[f"data_npy/{split}/hadm_id_{split}.npy"] = hashlib.sha256(hadm.tobytes()).hexdigest()
+        columns: dict[str, np.ndarray] = {"hadm_id": hadm, "subject_id": hadm - hadm_base + 10 * hadm_base}
+        columns.update({task: state[task][idx].astype(np.int64) for task in TASKS})
+        (out / "tasks" / f"{split}.csv").write_text(_csv(columns), encoding="utf-8")
+        latent: dict[str, np.ndarray] = {"hadm_id": hadm, **{k: state[k][idx] for k in _LATENT_COLUMNS}}
+        latent.update(info_rows)
+        (out / "latent" / f"{split}.csv").write_text(_csv(latent), encoding="utf-8")
+    content = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(hashes.items())).encode()).hexdigest()
+    meta = {
+        "format": "pacx-synthetic-cxr-corpus",
+        "version": COHORT_VERSION,
+        "parameters": dict(params),
+        "params_hash": _params_hash(params),
+        "content_hash": content,
+        "file_hashes": hashes,
+        "splits": dict(sizes),
+        "tasks": {k: dict(v) for k, v in TASKS.items()},
+        "segmentation": {"lung": {"kind": "anatomy", "mask": "tasks/lung_mask_{split}.npy"}},
+        "cxr": {"image_size": size, "channels": 3, "normalisation": "imagenet",
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "generation_seconds": round(time.perf_counter() - start, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "cohort.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
 # Per-patient values kept from rendering for latent/<split>.csv (analysis only).
 _CHUNK_INFO_KEYS = ("ctr", "device", "nodule_radius_px", "hr", "qrs_ms", "axis_deg", "st_mv", "sokolow_mv")
 
@@ -1041,8 +1199,8 @@ def _render_chunk(sub: Mapping[str, np.ndarray], size: int, key: tuple[int, ...]
     """CXR, lung mask, ECG and ECG labels of one chunk of patients, from its own random stream."""
     rng = np.random.default_rng(np.random.SeedSequence(list(key)))
     img, lung, info = render_cxr(sub, size, rng)
-    mean = np.asarray(_IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(_IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
     cxr = np.ascontiguousarray((img[:, None, :, :] - mean) / std, dtype=np.float32)
     ecg, ecg_params = simulate_ecg(sub, rng)
     labels = _ecg_labels(ecg_params, rng)
@@ -1182,7 +1340,7 @@ def _generate(out: Path, params: Mapping, sizes: Mapping[str, int], num_workers:
         "ecg": {"sampling_rate": ECG_SAMPLING_RATE, "samples": ECG_SAMPLES, "leads": list(MIMIC_ECG_LEADS),
                 "scaling": "global per-record min-max to [-1, 1]"},
         "cxr": {"image_size": size, "channels": 3, "normalisation": "imagenet",
-                "mean": list(_IMAGENET_MEAN), "std": list(_IMAGENET_STD)},
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "labs": {"itemids": list(LAB_ITEMIDS), "names": list(LAB_NAMES),
                  "observed_fraction": round(float(observed.mean()), 4)},
         "prevalence": prevalence,
@@ -1264,7 +1422,7 @@ def plot_sample_patients(
     fig, axes = plt.subplots(3, n, figsize=(3.0 * n, 7.6), gridspec_kw={"height_ratios": [3.0, 1.1, 1.1]})
     axes = np.asarray(axes).reshape(3, n)
     for col, i in enumerate(picks):
-        gray = cxr[i, 0] * _IMAGENET_STD[0] + _IMAGENET_MEAN[0]
+        gray = cxr[i, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
         ax = axes[0, col]
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
         ax.contour(lung[i], levels=[0.5], colors="tab:cyan", linewidths=0.8)

@@ -41,6 +41,8 @@ from monai.transforms import (
 )
 from torchvision.transforms import v2
 
+from pacx.constants import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "CXRTransform",
     "IMAGENET_MEAN",
@@ -55,9 +57,6 @@ __all__ = [
     "stage2_train_transform",
     "to_grayscale_8bit",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _size_pair(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:

@@ -29,6 +29,7 @@ from torch import nn
 
 import pacx
 from pacx.io import atomic_write, load_json, save_json, save_safetensors
+from pacx.constants import IMAGENET_MEAN, IMAGENET_STD
 
 from .checkpoint import _publish_dir
 
@@ -47,9 +48,6 @@ __all__ = [
 ]
 
 BACKBONE_FORMAT = "pacx-backbone/1"
-# Same values as pacx.data.transforms (kept here so exporting does not import MONAI).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _TIMM_NORM_EPS = 1e-6  # timm's VisionTransformer default LayerNorm epsilon
 # timm names for standard sizes (any ViT name works: the keyword arguments override it).
 _NAMES = {

@@ -30,7 +30,7 @@ _QUICK: dict[str, Any] = {
         "mask_ratio": 0.90,
         "norm_pix_loss": False,
         "epochs": 3, "batch_size": 64, "lr": 1.5e-3, "weight_decay": 0.05, "betas": [0.9, 0.95],
-        "warmup_fraction": 0.1, "checkpoint": None,
+        "warmup_fraction": 0.1, "checkpoint": None, "corpus": None,
     },
     "lab_dae": {"epochs": 5, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-2, "latent_dim": 64,
                 "hidden_dim": 128, "corruption_prob": 0.15, "warmup_fraction": 0.1},
@@ -90,7 +90,17 @@ _PAPER["distill"].update(
 _PAPER["eval"].update(probe_method="adamw", seg_epochs=50)
 _PAPER["trainer"].update(amp="auto", compile=True, log_every=50, save_every=1000)
 
-PROFILES: dict[str, dict[str, Any]] = {"quick": _QUICK, "cpu": _CPU, "paper": _PAPER}
+# The Stage-1 prior of the ``cpu`` profile, pretrained once (like the paper's CheXpert MAE) on an
+# unpaired CXR-only corpus of the same generator: its own seed and patient ids, 20 times the
+# cpu cohort's 2,000 training pairs. ``python recipes/pretrain_mae.py --profile prior`` rebuilds it.
+_PRIOR: dict[str, Any] = copy.deepcopy(_CPU)
+_PRIOR["mae"].update(
+    epochs=30, batch_size=128, lr=1.5e-3, warmup_fraction=0.05,
+    corpus={"n_train": 40000, "image_size": 64, "seed": 1000},
+)
+_PRIOR["trainer"].update(log_every=50, save_every=1560, keep_last=10)  # a checkpoint every 5 epochs
+
+PROFILES: dict[str, dict[str, Any]] = {"quick": _QUICK, "cpu": _CPU, "paper": _PAPER, "prior": _PRIOR}
 
 
 def get_profile(name: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pacx.data import EmbeddingDataset, LabelledDataset, SymileMIMIC, load_task_labels, load_teacher_embeddings
 from pacx.data.ecg import preprocess_ecg
-from pacx.data.synthetic import make_cohort
+from pacx.data.synthetic import make_cohort, make_cxr_corpus
 from pacx.data.transforms import stage1_train_transform, stage2_train_transform
 from pacx.distributed import barrier, is_main_process
 from pacx.engine import Trainer, TrainerConfig, export_backbone, load_backbone, make_loader
@@ -160,6 +160,11 @@ def pretrain_mae(cfg: Mapping[str, Any], out: str | Path, resume: str | None = N
         report = load_mae_checkpoint(mae, sec["checkpoint"], allow_missing=MAE_DECODER_PREFIXES)
         info: dict[str, Any] = {"loaded_from": str(sec["checkpoint"]), "missing_keys": list(report.missing)}
     else:
+        corpus = sec.get("corpus")
+        if corpus:  # an unpaired CXR-only corpus of its own (the shipped prior), else the cohort's train split
+            cache = Path(cfg["data"].get("cache_dir") or out / "data")
+            root = make_cxr_corpus(cache, {"train": int(corpus["n_train"])}, image_size=int(corpus["image_size"]),
+                                   seed=int(corpus["seed"]), kind="prior")
         dataset = SymileMIMIC(root, "train", modalities=("cxr",), image_size=image_size,
                               cxr_transform=stage1_train_transform(image_size))
         loader = make_loader(dataset, batch_size=int(sec["batch_size"]), shuffle=True, drop_last=True,
