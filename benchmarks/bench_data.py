@@ -10,6 +10,14 @@ GPU with ``non_blocking=True``). Measured for several worker counts and two stor
 * ``uint8``: ``(N, 1, S, S)`` uint8 grayscale, which :class:`SymileMIMIC` also reads (12x
   fewer bytes; converted, replicated to 3 channels and normalised per item).
 
+and three ways of producing a training batch:
+
+* ``read``: :class:`SymileMIMIC` with resize, no augmentation (the floor of the per-item path);
+* ``per sample``: :class:`SymileMIMIC` + :func:`pacx.data.stage2_train_transform` in the workers;
+* ``batch, on device``: the workers only read the stored rows as they are (uint8 stays uint8) and
+  collate; the batch is copied to ``--device`` and :func:`pacx.data.transforms.stage2_batch_transform`
+  converts, resizes and augments it there (timed up to a device synchronisation).
+
 By default the synthetic cohort is generated once into ``--cache-dir`` (``make_cohort`` at
 ``--cohort-size``) and both variants are written from it at ``--stored-size`` (resized when
 the sizes differ: ``--paper`` stores 320 px like the Symile release and trains at 224). Pass
@@ -44,9 +52,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import add_common_args, print_header, print_table, repeat_dataset, setup, write_json  # noqa: E402
+from _timing import add_common_args, print_header, print_table, repeat_dataset, setup, sync, write_json  # noqa: E402
+
+from torch.utils.data import Dataset  # noqa: E402
 
 from pacx.data import IMAGENET_MEAN, IMAGENET_STD, SymileMIMIC, stage2_train_transform  # noqa: E402
+from pacx.data.transforms import stage2_batch_transform  # noqa: E402
 from pacx.data.synthetic import make_cohort  # noqa: E402
 from pacx.engine import make_loader, move_to_device  # noqa: E402
 
@@ -98,21 +109,48 @@ def storage_variants(root: Path, stored_size: int, cache: Path) -> dict[str, Pat
     return variants
 
 
-def sample_images_per_second(loader: Any, fill: int, batches: int, device: torch.device) -> float:
-    """One sample: a fresh iterator, ``fill`` untimed batches, then ``batches`` timed ones."""
+class StoredRows(Dataset):
+    """The ``cxr`` rows of one split exactly as stored (uint8 stays uint8, no resize): the input of
+    the batch augmentation, which does the conversion on the device."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "data_npy" / SPLIT / f"cxr_{SPLIT}.npy"
+        self.length = int(np.load(self.path, mmap_mode="r").shape[0])
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}  # workers reopen the memory map
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return {"cxr": torch.from_numpy(np.array(self._array[index]))}
+
+
+def sample_images_per_second(loader: Any, fill: int, batches: int, device: torch.device,
+                             augment: Any = None) -> float:
+    """One sample: a fresh iterator, ``fill`` untimed batches, then ``batches`` timed ones (copied to
+    ``device`` off CPU, then passed through ``augment`` when given)."""
     it = iter(loader)
-    cuda = device.type == "cuda"
-    for _ in range(fill):
+
+    def produce() -> dict[str, Any]:
         batch = next(it)
+        if device.type != "cpu":
+            batch = move_to_device(batch, device, non_blocking=True)
+        if augment is not None:
+            batch["cxr"] = augment(batch["cxr"])
+        return batch
+
+    for _ in range(fill):
+        produce()
     images = 0
     start = time.perf_counter()
     for _ in range(batches):
-        batch = next(it)
-        if cuda:
-            batch = move_to_device(batch, device, non_blocking=True)
-        images += batch["cxr"].shape[0]
-    if cuda:
-        torch.cuda.synchronize(device)
+        images += produce()["cxr"].shape[0]
+    sync(device)
     return images / (time.perf_counter() - start)
 
 
@@ -139,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     args.batch = args.batch or (64 if paper else 32)
     args.workers = args.workers or ("0,4,8,12" if paper else "0,1,2")
     args.batches = args.batches or (8 if paper else 6)
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    workers = list(dict.fromkeys(int(w) for w in args.workers.split(",") if w.strip()))  # gpu_check may repeat one
     print_header("bench_data", device, args, f"batch={args.batch} image_size={args.image_size} workers={workers}")
 
     cache = Path(args.cache_dir)
@@ -154,38 +192,46 @@ def main(argv: list[str] | None = None) -> None:
     variants = storage_variants(root, stored, cache)
     print(f"cohort {root} + variants at {stored} px ready in {time.perf_counter() - start:.1f} s")
 
-    configs = []  # (storage, workers, augment)
+    modes = ("read", "per sample", "batch, on device")
+    configs = []  # (storage, workers, mode)
     for storage in variants:
-        configs.append((storage, 0, False))
-        configs += [(storage, w, True) for w in workers]
-    loaders = {}
-    for storage, w, augment in configs:
-        base = SymileMIMIC(variants[storage], SPLIT, modalities=("cxr",), image_size=args.image_size,
-                           cxr_transform=stage2_train_transform(args.image_size) if augment else None)
+        configs.append((storage, 0, "read"))
+        configs += [(storage, w, mode) for mode in modes[1:] for w in workers]
+    loaders, augments = {}, {}
+    for storage, w, mode in configs:
+        if mode == "batch, on device":
+            base = StoredRows(variants[storage])
+            augments[(storage, w, mode)] = stage2_batch_transform(
+                args.image_size, generator=torch.Generator().manual_seed(args.seed))
+        else:
+            base = SymileMIMIC(variants[storage], SPLIT, modalities=("cxr",), image_size=args.image_size,
+                               cxr_transform=stage2_train_transform(args.image_size) if mode == "per sample" else None)
         need = (max(1, w) + args.batches) * args.batch
         dataset = repeat_dataset(base, need)
-        loaders[(storage, w, augment)] = make_loader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
-                                                     num_workers=w, seed=args.seed, pin_memory=device.type == "cuda")
+        loaders[(storage, w, mode)] = make_loader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
+                                                  num_workers=w, seed=args.seed, pin_memory=device.type == "cuda")
     samples: dict[tuple, list[float]] = {c: [] for c in configs}
     for r in range(args.repeats):
         shift = r % len(configs)
         for config in configs[shift:] + configs[:shift]:
-            samples[config].append(sample_images_per_second(loaders[config], max(1, config[1]), args.batches, device))
+            samples[config].append(sample_images_per_second(loaders[config], max(1, config[1]), args.batches, device,
+                                                            augments.get(config)))
     del loaders  # shuts the persistent workers down
 
     rows = []
-    ref = {s: statistics.median(samples[(s, 0, True)]) for s in variants} if 0 in workers else None
-    for storage, w, augment in configs:
-        ips = statistics.median(samples[(storage, w, augment)])
+    median = {c: statistics.median(v) for c, v in samples.items()}
+    for storage, w, mode in configs:
+        ips = median[(storage, w, mode)]
         nbytes = np.load(variants[storage] / "data_npy" / SPLIT / f"cxr_{SPLIT}.npy", mmap_mode="r")[0].nbytes
+        per_sample = median.get((storage, w, "per sample"))
         rows.append({
             "storage": storage,
             "bytes/row": nbytes,
             "workers": w,
-            "stage-2 aug": "yes" if augment else ("no (read+resize)" if stored != args.image_size else "no (read)"),
+            "stage-2 aug": mode if mode != "read" else ("no (read+resize)" if stored != args.image_size else "no (read)"),
             "images/s": ips,
-            "vs 0 workers (aug)": ips / ref[storage] if ref else None,
-            "uint8 / float32": ips / statistics.median(samples[("float32", w, augment)]) if storage == "uint8" else None,
+            "vs per sample": ips / per_sample if per_sample else None,
+            "uint8 / float32": ips / median[("float32", w, mode)] if storage == "uint8" else None,
             "headroom vs model": ips / args.model_ips if args.model_ips else None,
         })
     print_table(f"Loader images/s, batch {args.batch}, stored {stored} px -> {args.image_size} px, "

@@ -21,8 +21,12 @@ No teacher runs in Stage 2. The benchmark proves it on the measured steps two wa
 ``torch.profiler`` and searched for ``aten::conv1d`` (Net1D is the only 1-D convolution in
 pacx). Both detectors are first shown to fire on a real Net1D/LabDAE call (positive control).
 
+With ``--compile`` the distiller is wrapped in ``torch.compile`` (as ``TrainerConfig.compile``
+wraps the model) and only the eager and compiled steps are timed against each other (the
+compiled warm-up includes the compilation).
+
 Run (CPU, small): ``python benchmarks/bench_distill.py --threads 1``
-Run (GPU, paper): ``python benchmarks/bench_distill.py --device cuda --paper --json distill.json``
+Run (GPU, paper): ``python benchmarks/bench_distill.py --device cuda --paper [--compile] --json distill.json``
 """
 
 from __future__ import annotations
@@ -113,6 +117,36 @@ def positive_control(device: torch.device) -> tuple[int, int]:
     return sum(counts.values()), conv1d_events(run, device)
 
 
+def compile_table(args: argparse.Namespace, distiller: PaCXDistiller, opt: torch.optim.Optimizer, cxr: torch.Tensor,
+                  emb: dict[str, torch.Tensor], amp: Any, peak: float | None, device: torch.device) -> None:
+    """Eager against ``torch.compile``'d Stage-2 steps (same model, optimiser and batch)."""
+    compiled = torch.compile(distiller)
+
+    def step_of(model: Any) -> Any:
+        def run() -> None:
+            with amp():
+                loss, _ = model(cxr, emb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    steps = {"eager": step_of(distiller), "compiled": step_of(compiled)}
+    times = measure(steps, device, args.repeats, args.warmup)
+    flops = distiller_flops(distiller, args.batch)
+    rows = [{
+        "eager images/s": args.batch / times["eager"].median,
+        "compiled images/s": args.batch / times["compiled"].median,
+        "compile speed-up": paired_ratio(times["eager"], times["compiled"]),
+        "eager MFU %": mfu(flops, times["eager"].median, peak),
+        "compiled MFU %": mfu(flops, times["compiled"].median, peak),
+        "eager peak MiB": fmt_mib(peak_memory_bytes(steps["eager"], device)),
+        "compiled peak MiB": fmt_mib(peak_memory_bytes(steps["compiled"], device)),
+    }]
+    print_table(f"torch.compile vs eager, Stage-2 step, batch {args.batch}", list(rows[0]), rows)
+    write_json(args.json, "bench_distill", device, args, {"compile": rows})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
@@ -121,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="batch (default 32; --paper 256)")
     parser.add_argument("--shared-dim", type=int, default=None, help="shared space (default 128; --paper 256)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the card for MFU")
+    parser.add_argument("--compile", action="store_true", help="compare torch.compile'd and eager steps")
     args = parser.parse_args(argv)
     device = setup(args, repeats=(5, 10), warmup=(1, 3))
     args.preset = args.preset or ("mae_vit_base_patch16" if args.paper else "mae_vit_tiny_patch8_64")
@@ -168,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     def loss_only() -> None:
         loss_fwd_bwd()
         opt.zero_grad(set_to_none=True)
+
+    if args.compile:
+        compile_table(args, distiller, opt, cxr, emb, amp, peak, device)
+        return
 
     candidates = {"forward": forward, "adapters fwd+bwd": adapters_fwd_bwd, "loss fwd+bwd": loss_only, "step": step}
     with count_teacher_calls() as counts:

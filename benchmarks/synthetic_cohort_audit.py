@@ -174,17 +174,19 @@ def variance_explained_by_physiology(n: int, image_size: int, seed: int) -> floa
     return float(phys / total)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-patients", type=int, default=4000)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ecg-patients", type=int, default=None)
     parser.add_argument("--timing-patients", type=int, default=0, help="also time make_cohort on this many")
-    args = parser.parse_args()
+    parser.add_argument("--variance-patients", type=int, default=1024,
+                        help="patients rendered twice for the physiology share of pixel variance")
+    args = parser.parse_args(argv)
     t = time.perf_counter()
     res = audit(args.n_patients, args.image_size, args.seed, args.ecg_patients)
-    res["physiology_pixel_variance_share"] = variance_explained_by_physiology(1024, args.image_size, args.seed)
+    res["physiology_pixel_variance_share"] = variance_explained_by_physiology(args.variance_patients, args.image_size, args.seed)
     res["audit_seconds"] = time.perf_counter() - t
     if args.timing_patients:
         with tempfile.TemporaryDirectory() as tmp:

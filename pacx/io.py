@@ -4,6 +4,12 @@ Weights are safetensors, configuration is JSON, and every write goes to a tempor
 the destination folder, is fsync'ed and renamed over the target, so a crash never leaves a
 half-written file under the final name. Third-party ``.pth``/``.ckpt`` files are read with
 ``torch.load(weights_only=True)`` only: a pickle that would run code is refused.
+
+Permissions: files written here get ``0o666 & ~umask`` and folders ``0o777 & ~umask``, exactly
+what a plain ``open()``/``mkdir`` would give, so results and backbones on a shared server are
+as readable as the user's umask allows (``tempfile.mkstemp``/``mkdtemp`` would create them
+``0o600``/``0o700`` whatever the umask). The kernel applies the umask (and any default ACL) at
+creation; pacx never reads or changes the umask.
 """
 
 from __future__ import annotations
@@ -11,12 +17,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -24,6 +34,8 @@ __all__ = [
     "load_json",
     "load_safetensors",
     "load_state_dict_file",
+    "make_temp_dir",
+    "read_csv",
     "safe_torch_load",
     "save_json",
     "save_safetensors",
@@ -34,22 +46,71 @@ class UnsafeCheckpointError(ValueError):
     """Raised when a checkpoint can only be read by executing arbitrary pickled code."""
 
 
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
-    """Write a file atomically.
+_TEMP_ATTEMPTS = 100
+
+
+def _unique_name(folder: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create a new entry ``folder/<prefix><random><suffix>`` with ``create``, retrying on a clash."""
+    for _ in range(_TEMP_ATTEMPTS):
+        candidate = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a unique temporary name {prefix}*{suffix} in {folder}")
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str = ".tmp-", suffix: str = "") -> Path:
+    """Create a new, uniquely named folder in ``parent`` with the mode ``mkdir`` would give.
+
+    Unlike ``tempfile.mkdtemp`` (always ``0o700``), the folder gets ``0o777 & ~umask``, so a
+    folder filled in private and then published with ``os.replace`` ends up as readable as any
+    other folder the user creates. ``parent`` is created when missing.
 
     Args:
-        path: final destination.
-        write_fn: called with a temporary path in the same folder; it must write the file there.
+        parent: folder that receives the new one (same file system as the final destination).
+        prefix: start of the new folder's name.
+        suffix: end of the new folder's name.
+
+    Returns:
+        The new, empty folder.
+
+    Example:
+        >>> import tempfile
+        >>> make_temp_dir(tempfile.mkdtemp(), prefix="backbone.tmp-").name.startswith("backbone.tmp-")
+        True
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return _unique_name(parent, prefix, suffix, lambda p: os.mkdir(p, 0o777))
+
+
+def _create_file(path: Path) -> None:
+    # O_EXCL: never reuse an existing file; mode 0o666 is filtered by the umask like open().
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
+    """Write a file atomically, with the permissions a plain ``open()`` would give.
+
+    Args:
+        path: final destination (missing parent folders are created).
+        write_fn: called with a temporary path in the same folder; it must write the file there
+            (the empty file already exists, created with mode ``0o666 & ~umask``).
 
     Returns:
         The final path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(_unique_name(path.parent, f".{path.name}.", ".tmp", _create_file))
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 & ~umask, as the kernel applied it
     try:
         write_fn(tmp)
+        # Some writers replace the file with their own 0o600 one (safetensors does): restore.
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -110,13 +171,21 @@ def save_safetensors(
 
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file into a dict of tensors."""
+    """Load a safetensors file into a dict of tensors.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not valid safetensors (the message names it).
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file not found: {path}")
-    return load_file(str(path), device=device)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # SafetensorError names neither the file nor the cause's location
+        raise ValueError(f"cannot read safetensors file {path} (corrupt or truncated?): {err}") from err
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -125,6 +194,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
         UnsafeCheckpointError: when the file holds pickled objects that would execute code.
+        ValueError: when the file is corrupt or truncated (the message names it).
     """
     path = Path(path)
     if not path.is_file():
@@ -137,6 +207,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
             f"containers and could execute code when unpickled ({err}). Convert it to safetensors "
             "in a trusted environment first."
         ) from err
+    except (RuntimeError, EOFError, ValueError) as err:  # torch's zip reader names no file
+        raise ValueError(f"cannot read checkpoint {path} (corrupt or truncated?): {err}") from err
 
 
 def load_state_dict_file(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
@@ -152,3 +224,35 @@ def load_state_dict_file(path: str | os.PathLike, map_location: str = "cpu") -> 
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors at the top level, got {type(obj).__name__}")
     return obj
+
+
+def read_csv(path: str | os.PathLike, what: str = "CSV file", **kwargs: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` with errors that name the file.
+
+    Args:
+        path: the CSV file (``.csv`` or compressed, as pandas reads it).
+        what: how messages call the file, e.g. ``"labevents file"``.
+        **kwargs: passed to ``pandas.read_csv`` (not ``chunksize``: iterate chunks yourself).
+
+    Returns:
+        The table.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it is empty, malformed or not text (the message names it).
+
+    Example:
+        >>> read_csv("missing.csv", "labels file")  # doctest: +SKIP
+        FileNotFoundError: labels file not found: missing.csv
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError as err:
+        raise ValueError(f"{what} {path} is empty: no header line to read columns from") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+        raise ValueError(f"{what} {path} cannot be read as CSV: {type(err).__name__}: {err}") from err

@@ -1,8 +1,9 @@
-"""pacx.adapters: hand-written LoRA and the Stage-2 tuning strategies (torch only)."""
+"""pacx.adapters: hand-written LoRA, the Stage-2 tuning strategies and peft-format adapter files."""
 
 from __future__ import annotations
 
 from .lora import LoRALinear
+from .peft_format import export_peft_adapter, load_peft_adapter
 from .tuning import (
     LoRASummary,
     apply_lora,
@@ -19,7 +20,9 @@ __all__ = [
     "LoRASummary",
     "apply_lora",
     "apply_tuning",
+    "export_peft_adapter",
     "load_lora_state_dict",
+    "load_peft_adapter",
     "lora_state_dict",
     "merge_lora",
     "unmerge_lora",

@@ -11,6 +11,8 @@ from torch import nn
 
 __all__ = ["LoRALinear"]
 
+_MERGED_KEY = "lora_merged"
+
 
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update (Hu et al., 2021).
@@ -24,7 +26,11 @@ class LoRALinear(nn.Module):
     Merging is explicit: :meth:`merge` adds ``scaling * lora_B @ lora_A`` into the base weight
     and :meth:`unmerge` subtracts it again. ``eval()``/``train()`` never touch the weights, which
     avoids loralib's double-merge pitfall (an automatically merged weight saved in a full
-    state dict and merged a second time on load). While merged, ``forward`` runs the base layer
+    state dict and merged a second time on load). The merge state is part of the state dict
+    (``lora_merged``, a 0-d bool tensor), so a merged layer saved and loaded into a fresh one
+    stays merged instead of adding its update a second time; a state dict without that key
+    (written before it existed) loads as unmerged, the only state pacx's training ever saved.
+    While merged, ``forward`` runs the base layer
     only and the adapters receive no gradient, so unmerge before training again. The merge is
     computed in float32 and then cast to the weight's dtype, so a bfloat16 base loses precision
     on a merge/unmerge round trip; in float32 the round trip is exact to rounding.
@@ -166,6 +172,33 @@ class LoRALinear(nn.Module):
         h = self.dropout(x).to(self.lora_A.dtype)
         update = F.linear(F.linear(h, self.lora_A), self.lora_B) * self.scaling
         return result + update.to(result.dtype)
+
+    # The merge state travels with the weights it describes: a plain Python flag in memory (read
+    # on every forward, so never a device tensor), a 0-d tensor in the state dict.
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + _MERGED_KEY] = torch.tensor(self.merged)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        flag_key = prefix + _MERGED_KEY
+        flag = state_dict.get(flag_key)
+        # The flag describes the base weight: it only changes when that weight is loaded too.
+        if prefix + "base_layer.weight" in state_dict:
+            self.merged = bool(flag.item()) if isinstance(flag, torch.Tensor) else False
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if flag_key in unexpected_keys:
+            unexpected_keys.remove(flag_key)
 
     def extra_repr(self) -> str:
         return (

@@ -3,7 +3,8 @@
 Readers: :class:`SymileMIMIC` (Symile-MIMIC ``data_npy`` arrays), :class:`CheXpertDataset`,
 :class:`CSVImageDataset`, :class:`ImageMaskDataset`, :func:`read_wfdb_ecg`; wrappers adding
 teacher embeddings or labels; ECGFounder ECG preprocessing; lab extraction and percentiles;
-MONAI/torchvision CXR transforms; patient-level splits and nested low-data subsets.
+the vital signs (:class:`VitalsDataset`, MIMIC-IV extraction); MONAI/torchvision CXR
+transforms; patient-level splits and nested low-data subsets.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .transforms import (
     stage2_train_transform,
     to_grayscale_8bit,
 )
+from .vitals import VitalsDataset, extract_admission_vitals, fit_vitals_percentiles, write_vitals_arrays
 from .wrappers import EmbeddingDataset, LabelledDataset, load_teacher_embeddings
 
 # --- synthetic cohort (pacx.data.synthetic, owned by the synthetic-cohort engineer) ---------
@@ -63,12 +65,15 @@ __all__ = [
     "SYMILE_LAB_NAMES",
     "SYMILE_MODALITIES",
     "SymileMIMIC",
+    "VitalsDataset",
     "check_overlap",
     "chexpert_patient_id",
     "denormalize_imagenet",
     "eval_transform",
     "extract_admission_labs",
+    "extract_admission_vitals",
     "filter_ecg",
+    "fit_vitals_percentiles",
     "join_image_path",
     "load_cxr",
     "load_cxr_transform",
@@ -90,5 +95,6 @@ __all__ = [
     "stage1_train_transform",
     "stage2_train_transform",
     "to_grayscale_8bit",
+    "write_vitals_arrays",
     "zscore_global",
 ]

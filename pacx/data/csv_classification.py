@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from pacx.io import read_csv
+
 from .transforms import load_cxr
 
 __all__ = ["CSVImageDataset", "join_image_path", "read_csv_table"]
@@ -75,19 +77,18 @@ def read_csv_table(
 
     Raises:
         FileNotFoundError: when the file is missing.
-        ValueError: when a column is missing; the message names it and lists the available
-            columns.
+        ValueError: when the file is empty or malformed, has no data row, or lacks a column;
+            the message names the file (and the column, listing the available ones).
     """
     if isinstance(csv, pd.DataFrame):
         table, source = csv.reset_index(drop=True), f"{what} DataFrame"
     else:
-        path = Path(csv)
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} file not found: {path}")
-        table, source = pd.read_csv(path), f"{what} {path}"
+        table, source = read_csv(csv, f"{what} file"), f"{what} {csv}"
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ValueError(f"{source}: unknown column(s) {missing}; available columns: {list(table.columns)}")
+    if table.empty:
+        raise ValueError(f"{source}: no rows (only the header {list(table.columns)})")
     return table, source
 
 

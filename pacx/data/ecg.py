@@ -221,7 +221,8 @@ def read_wfdb_ecg(
     Raises:
         FileNotFoundError: when the header file does not exist.
         ValueError: when the record lacks some requested leads (names the record, the missing
-            and the available leads), or on invalid ``fs``/``seconds``/``leads``.
+            and the available leads), when its header or signal file is unreadable, truncated
+            or empty (names the record), or on invalid ``fs``/``seconds``/``leads``.
 
     Example:
         >>> x = read_wfdb_ecg("ecg_cinc2021/E07500")  # doctest: +SKIP
@@ -242,7 +243,10 @@ def read_wfdb_ecg(
     with _quiet_wfdb():
         import wfdb  # local import: only this reader needs it
 
-        head = wfdb.rdheader(str(base))
+        try:
+            head = wfdb.rdheader(str(base))
+        except Exception as err:  # wfdb raises IndexError/ValueError/... naming no file
+            raise ValueError(f"cannot read WFDB header {header}: {type(err).__name__}: {err}") from err
     names = [str(n) for n in (head.sig_name or [])]
     lookup: dict[str, int] = {}
     for i, name in enumerate(names):
@@ -255,9 +259,17 @@ def read_wfdb_ecg(
     n_out = int(round(fs * seconds))
     # Read only what is needed plus one second of margin so that the polyphase filter sees
     # real signal (not an artificial end) around the cut.
+    if not head.sig_len:
+        raise ValueError(f"WFDB record {base} holds no samples (signal length {head.sig_len} in {header})")
     sampto = min(int(head.sig_len), int(np.ceil((seconds + 1.0) * src_fs)))
     with _quiet_wfdb():
-        record = wfdb.rdrecord(str(base), channels=channels, sampto=sampto, physical=True)
+        try:
+            record = wfdb.rdrecord(str(base), channels=channels, sampto=sampto, physical=True)
+        except Exception as err:  # a truncated signal file surfaces as a numpy reshape error
+            raise ValueError(
+                f"cannot read the signals of WFDB record {base} (truncated or corrupt signal file?): "
+                f"{type(err).__name__}: {err}"
+            ) from err
     x = np.asarray(record.p_signal, dtype=np.float64).T  # (leads, time)
     if np.isnan(x).any():
         bad = [leads[i] for i in np.flatnonzero(np.isnan(x).any(axis=1))]

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pacx.io import read_csv
 
 __all__ = [
     "SYMILE_LAB_ITEMIDS",
@@ -100,36 +103,61 @@ def _require_columns(table: pd.DataFrame, needed: Sequence[str], what: str) -> N
         raise ValueError(f"{what} lacks columns {missing}; it has {list(table.columns)}")
 
 
+def _parsed(values: pd.Series, parse, kind: str, what: str, rows: np.ndarray | None = None) -> pd.Series:
+    """``parse(values, errors="coerce")``, refusing a non-empty cell it cannot parse.
+
+    The message names the column, the value and its row: ``rows[i]`` for the i-th value when
+    given (positions in the file), else ``i``.
+    """
+    out = parse(values, errors="coerce")
+    bad = (out.isna() & values.notna()).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = int(rows[i]) if rows is not None else i
+        raise ValueError(f"{what}: column {values.name!r} holds {values.iloc[i]!r} at row {row}, which is not {kind}")
+    return out
+
+
 def _read_admissions(admissions: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     if isinstance(admissions, pd.DataFrame):
         table, what = admissions, "admissions DataFrame"
     else:
-        path = Path(admissions)
-        if not path.is_file():
-            raise FileNotFoundError(f"admissions file not found: {path}")
-        header = pd.read_csv(path, nrows=0)
-        _require_columns(header, _ADMISSION_COLUMNS, f"admissions file {path}")
-        table, what = pd.read_csv(path, usecols=_ADMISSION_COLUMNS), f"admissions file {path}"
+        what = f"admissions file {admissions}"
+        header = read_csv(admissions, "admissions file", nrows=0)
+        _require_columns(header, _ADMISSION_COLUMNS, what)
+        table = read_csv(admissions, "admissions file", usecols=_ADMISSION_COLUMNS)
     _require_columns(table, _ADMISSION_COLUMNS, what)
     table = table[_ADMISSION_COLUMNS].copy()
-    table["admittime"] = pd.to_datetime(table["admittime"])
+    table["admittime"] = _parsed(table["admittime"], pd.to_datetime, "a date/time", what)
     return table
 
 
+def _describe_labevents(labevents: pd.DataFrame | str | os.PathLike) -> str:
+    return "labevents DataFrame" if isinstance(labevents, pd.DataFrame) else f"labevents file {labevents}"
+
+
 def _lab_chunks(labevents: pd.DataFrame | str | os.PathLike):
+    """``(chunk, first row)`` of labevents, with ``valuenum`` parsed as numbers."""
+    what = _describe_labevents(labevents)
     if isinstance(labevents, pd.DataFrame):
-        _require_columns(labevents, _LAB_COLUMNS, "labevents DataFrame")
-        for lo in range(0, len(labevents), _CHUNK_ROWS):
-            yield labevents.iloc[lo : lo + _CHUNK_ROWS][_LAB_COLUMNS], lo
-        return
-    path = Path(labevents)
-    if not path.is_file():
-        raise FileNotFoundError(f"labevents file not found: {path}")
-    header = pd.read_csv(path, nrows=0)
-    _require_columns(header, _LAB_COLUMNS, f"labevents file {path}")
+        _require_columns(labevents, _LAB_COLUMNS, what)
+        chunks = (labevents.iloc[lo : lo + _CHUNK_ROWS][_LAB_COLUMNS] for lo in range(0, len(labevents), _CHUNK_ROWS))
+    else:
+        header = read_csv(labevents, "labevents file", nrows=0)
+        _require_columns(header, _LAB_COLUMNS, what)
+        # Chunked so that the full MIMIC-IV labevents (~120M rows) never sits in memory at once.
+        chunks = pd.read_csv(labevents, usecols=_LAB_COLUMNS, chunksize=_CHUNK_ROWS)
     offset = 0
-    # Chunked so that the full MIMIC-IV labevents (~120M rows) never sits in memory at once.
-    for chunk in pd.read_csv(path, usecols=_LAB_COLUMNS, chunksize=_CHUNK_ROWS):
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+            raise ValueError(f"{what} cannot be read after row {offset}: {type(err).__name__}: {err}") from err
+        if not pd.api.types.is_numeric_dtype(chunk["valuenum"]):
+            rows = np.arange(offset, offset + len(chunk))
+            chunk = chunk.assign(valuenum=_parsed(chunk["valuenum"], pd.to_numeric, "a number", what, rows))
         yield chunk, offset
         offset += len(chunk)
 
@@ -159,8 +187,15 @@ def extract_admission_labs(
 
     Raises:
         FileNotFoundError: when a path does not exist.
-        ValueError: on missing columns (names them and lists the available ones) or a
-            non-positive ``window_hours``.
+        ValueError: on missing columns (names them and lists the available ones), an empty or
+            malformed file (names it), a ``valuenum`` that is not a number or a ``charttime``/
+            ``admittime`` that is not a date (names the file or DataFrame, column, value and
+            row), or a non-positive ``window_hours``.
+
+    Warns:
+        UserWarning: naming the requested itemids that never occur with a value in
+            ``labevents`` (a typo or another itemid dictionary would otherwise give an empty
+            table silently).
 
     Example:
         >>> table = extract_admission_labs("hosp/labevents.csv.gz", "hosp/admissions.csv.gz")  # doctest: +SKIP
@@ -175,19 +210,31 @@ def extract_admission_labs(
     adm = _read_admissions(admissions)
     window = pd.Timedelta(hours=float(window_hours))
     best = []
+    seen: set[int] = set()
+    what = _describe_labevents(labevents)
     for chunk, offset in _lab_chunks(labevents):
-        chunk = chunk[chunk["itemid"].isin(itemids) & chunk["valuenum"].notna()]
-        if chunk.empty:
+        rows = np.flatnonzero((chunk["itemid"].isin(itemids) & chunk["valuenum"].notna()).to_numpy())
+        if rows.size == 0:
             continue
-        chunk = chunk.assign(
-            row=np.arange(offset, offset + len(chunk)), charttime=pd.to_datetime(chunk["charttime"])
-        )
+        chunk = chunk.iloc[rows]
+        seen.update(int(i) for i in chunk["itemid"].unique())
+        rows = offset + rows  # positions in the file (or DataFrame), for messages and tie-breaking
+        charttime = _parsed(chunk["charttime"], pd.to_datetime, "a date/time", what, rows)
+        chunk = chunk.assign(row=rows, charttime=charttime)
         # Match on subject (as Symile) so that draws before the hadm_id exists are kept.
         pairs = chunk.merge(adm, on="subject_id", how="inner")
         delta = pairs["charttime"] - pairs["admittime"]
         pairs = pairs[(delta >= -window) & (delta <= window)]
         pairs = pairs.sort_values(["hadm_id", "itemid", "charttime", "row"], kind="mergesort")
         best.append(pairs.drop_duplicates(["hadm_id", "itemid"], keep="first"))
+    absent = [i for i in itemids if i not in seen]
+    if absent:
+        warnings.warn(
+            f"itemids {absent} never occur with a value in {what}: their columns are all NaN"
+            + (" and every admission is dropped" if len(absent) == len(itemids) and drop_empty else ""),
+            UserWarning,
+            stacklevel=2,
+        )
     columns = ["subject_id", "hadm_id", *itemids]
     if best:
         found = pd.concat(best, ignore_index=True)

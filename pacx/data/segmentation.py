@@ -23,6 +23,7 @@ from .transforms import load_cxr, load_mask
 __all__ = ["IMAGE_SUFFIXES", "ImageMaskDataset", "montgomery_label", "montgomery_patient_id"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_ASPECT_TOLERANCE = 0.01
 _MONTGOMERY = re.compile(r"^(?P<patient>.+)_(?P<label>[01])$")
 
 
@@ -57,6 +58,22 @@ def montgomery_patient_id(path: str | os.PathLike) -> str:
     return _montgomery_match(path).group("patient")
 
 
+def _check_aspect_ratio(image_path: Path, mask_path: Path) -> None:
+    """Refuse a mask whose aspect ratio differs from its image's: resizing would stretch it."""
+    from PIL import Image
+
+    # Headers only: both files were just decoded, so they open.
+    with Image.open(image_path) as image, Image.open(mask_path) as mask:
+        (image_w, image_h), (mask_w, mask_h) = image.size, mask.size
+    # 1% tolerance: a mask saved at a lower resolution may round one side.
+    if abs(mask_h / mask_w - image_h / image_w) > _ASPECT_TOLERANCE * (image_h / image_w):
+        raise ValueError(
+            f"mask {mask_path} is (H, W) = {(mask_h, mask_w)} but its image {image_path} is {(image_h, image_w)}: "
+            "their aspect ratios differ, so resizing both to one size would stretch the mask; "
+            "fix the mask file (crop or pad it to the image's aspect ratio)"
+        )
+
+
 class ImageMaskDataset(Dataset):
     """Paired images and binary masks.
 
@@ -77,10 +94,14 @@ class ImageMaskDataset(Dataset):
         patient_id_fn: optional ``file name -> str``; default: the file stem (one image per patient).
         transform: optional callable ``(image, mask) -> (image, mask)`` for paired augmentation.
 
+    A mask may have another resolution than its image (it is resized with it) but not another
+    aspect ratio (beyond 1%): that is refused on access rather than silently stretched.
+
     Raises:
         FileNotFoundError: when a folder, a listed image or its mask is missing (names it).
         ValueError: when no image is found, ``label_fn`` rejects a file name (raised at
-            construction), or a file cannot be decoded (raised on access, naming the file).
+            construction), a file cannot be decoded or a mask's aspect ratio differs from its
+            image's (raised on access, naming the files and their sizes).
 
     Example:
         >>> ds = ImageMaskDataset("montgomery/cxr", "montgomery/masks", 224,
@@ -137,6 +158,7 @@ class ImageMaskDataset(Dataset):
         name = self.files[index]
         image = load_cxr(self.image_dir / name, self.image_size)
         mask = load_mask(self.mask_dir / name, self.image_size, threshold=self.mask_threshold)
+        _check_aspect_ratio(self.image_dir / name, self.mask_dir / name)
         if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
             raise ValueError(
                 f"mask {self.mask_dir / name} is {tuple(mask.shape[-2:])} but its image is {tuple(image.shape[-2:])}; "

@@ -163,7 +163,10 @@ def load_teacher_embeddings(
         out_dir: the run folder holding ``teachers/``.
         split: split name.
         names: teachers to read; ``None`` reads every ``.npy`` in the folder (sorted by name).
-        mmap: open memory-mapped (read-only) instead of loading into memory. Defaults to True.
+        mmap: open memory-mapped instead of loading into memory. Defaults to True. The map is
+            copy-on-write (``mmap_mode="c"``): the arrays are writable, so ``torch.from_numpy``
+            takes them without torch's "array is not writable" warning, and a write changes
+            only the process's copy of a page, never the cached file.
 
     Returns:
         ``{name: (N, D) array}``.
@@ -184,7 +187,7 @@ def load_teacher_embeddings(
         path = folder / f"{name}.npy"
         if not path.is_file():
             raise FileNotFoundError(f"teacher embedding file not found: {path}")
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"{path}: expected (N, D) float32, got shape {arr.shape} dtype {arr.dtype}")
         out[name] = arr

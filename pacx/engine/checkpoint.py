@@ -14,14 +14,23 @@ Every file is written atomically, inside ``step_<n>.tmp-XXXX/``, which is rename
 ``step_<n>/`` only once complete; then the one-line ``latest`` pointer is replaced
 atomically. A crash at any point therefore leaves the previous checkpoint and a ``latest``
 that names a complete checkpoint; the stray temporary folder is removed on the next start.
+A checkpoint damaged afterwards (a truncated copy, a full disk) is recognised by reading each
+file's header and length, and :func:`latest_checkpoint` falls back to the previous one.
+
+The ``step_<n>`` folders directly under ``checkpoints/`` belong to one run: a fresh run moves
+an earlier run's checkpoints into ``checkpoints/previous_<time>/``
+(:func:`archive_checkpoints`), so pruning and ``resume="latest"`` never mix two runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
+import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +45,8 @@ from pacx.io import atomic_write, load_json, load_safetensors, load_state_dict_f
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "archive_checkpoints",
+    "checkpoint_problem",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -57,6 +68,7 @@ META_FILE = "meta.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_MARK = ".tmp-"
+_ARCHIVE_PREFIX = "previous_"
 
 
 @dataclass
@@ -319,41 +331,153 @@ def remove_incomplete_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Pa
 # finding and reading
 
 
-def _is_complete(path: Path) -> bool:
-    meta_path = path / META_FILE
-    if not meta_path.is_file():
-        return False
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be loaded, or None when it is complete.
+
+    Reads ``meta.json`` and, for every file it lists, checks that the file exists and is whole:
+    a safetensors file's header must parse and its length must match the header's last
+    tensor offset; a JSON file must parse. Tensor data are not read.
+
+    Args:
+        path: a ``step_<n>`` folder.
+
+    Returns:
+        A short reason (``"model.safetensors: 812 bytes, its header describes 1024"``), or None.
+
+    Example:
+        >>> import tempfile
+        >>> path = save_checkpoint(tempfile.mkdtemp(), 1, nn.Linear(2, 1).state_dict())
+        >>> checkpoint_problem(path) is None
+        True
+    """
+    path = Path(path)
     try:
-        meta = load_json(meta_path)
-    except ValueError:
-        return False
-    return all((path / f).is_file() for f in meta.get("files", [MODEL_FILE]))
+        meta = load_json(path / META_FILE)
+    except (OSError, ValueError) as err:
+        return f"{META_FILE}: {err}"
+    if not isinstance(meta, dict):
+        return f"{META_FILE} holds {type(meta).__name__}, not an object"
+    for name in meta.get("files", [MODEL_FILE]):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if name.endswith(".safetensors"):
+            problem = _safetensors_problem(file)
+        else:
+            problem = _json_problem(file) if name.endswith(".json") else None
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
 
 
-def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
-    """Complete ``step_<n>`` folders under ``checkpoints_dir``, oldest first."""
-    root = Path(checkpoints_dir)
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file is 8 bytes of header length, the JSON header, then exactly the data."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        header_len = int.from_bytes(head, "little")
+        if header_len > size - 8:
+            return f"{size} bytes, too short for its {header_len}-byte header"
+        try:
+            header = json.loads(fh.read(header_len))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            return f"malformed header ({type(err).__name__}: {err})"
+    if 8 + header_len + end != size:
+        return f"{size} bytes, its header describes {8 + header_len + end}"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        load_json(path)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``step_<n>`` folder under ``root``, complete or not, by step."""
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _STEP_DIR.match(path.name)
-        if match and path.is_dir() and _is_complete(path):
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
+    return sorted(found)
+
+
+def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
+    """Complete ``step_<n>`` folders under ``checkpoints_dir`` (see :func:`checkpoint_problem`), oldest first."""
+    return [path for _, path in _step_dirs(Path(checkpoints_dir)) if checkpoint_problem(path) is None]
 
 
 def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
     """The checkpoint named by ``latest``, or the newest complete one when the pointer is
-    missing or names an incomplete folder; None when there is none."""
+    missing or names an incomplete or damaged folder; None when there is none.
+
+    Warns (``UserWarning``) naming each damaged checkpoint passed over on the way.
+    """
     root = Path(checkpoints_dir)
     pointer = root / LATEST_FILE
+    passed_over: list[tuple[Path, str]] = []
     if pointer.is_file():
         target = root / pointer.read_text(encoding="utf-8").strip()
-        if _STEP_DIR.match(target.name) and target.is_dir() and _is_complete(target):
-            return target
-    ckpts = list_checkpoints(root)
-    return ckpts[-1] if ckpts else None
+        if _STEP_DIR.match(target.name) and target.is_dir():
+            problem = checkpoint_problem(target)
+            if problem is None:
+                return target
+            passed_over.append((target, problem))
+    found = None
+    for _, path in reversed(_step_dirs(root)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            found = path
+            break
+        if all(path != bad for bad, _ in passed_over):
+            passed_over.append((path, problem))
+    for path, problem in passed_over:
+        warnings.warn(
+            f"checkpoint {path} is incomplete or damaged ({problem}); using {found or 'no checkpoint'} instead",
+            stacklevel=2,
+        )
+    return found
+
+
+def archive_checkpoints(checkpoints_dir: str | os.PathLike, also: tuple[str | os.PathLike, ...] = ()) -> Path | None:
+    """Move an earlier run's checkpoints aside, into ``<checkpoints_dir>/previous_<time>/``.
+
+    A fresh run calls it so that its own checkpoints are the only ``step_<n>`` folders that
+    pruning and ``resume="latest"`` see: an earlier run with more steps would otherwise
+    outrank them. Nothing is deleted.
+
+    Args:
+        checkpoints_dir: the run's ``checkpoints`` folder.
+        also: further files or folders of the earlier run to move with them (e.g. ``best/``),
+            skipped when absent.
+
+    Returns:
+        The archive folder, or None when there was nothing to move.
+    """
+    root = Path(checkpoints_dir)
+    moving = [path for _, path in _step_dirs(root)]
+    moving += [p for p in (root / LATEST_FILE, *map(Path, also)) if p.exists()]
+    if not moving:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    archive = root / f"{_ARCHIVE_PREFIX}{stamp}"
+    suffix = 1
+    while archive.exists():  # two fresh runs within one second
+        archive = root / f"{_ARCHIVE_PREFIX}{stamp}-{suffix}"
+        suffix += 1
+    archive.mkdir(parents=True)
+    for path in moving:
+        os.replace(path, archive / path.name)
+    _fsync_dir(root)
+    return archive
 
 
 def resolve_checkpoint(resume: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
@@ -380,8 +504,9 @@ def resolve_checkpoint(resume: str | os.PathLike, out_dir: str | os.PathLike | N
         return path
     path = Path(resume)
     if (path / META_FILE).is_file():
-        if not _is_complete(path):
-            raise FileNotFoundError(f"checkpoint {path} is incomplete (files listed in meta.json are missing)")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise FileNotFoundError(f"checkpoint {path} is incomplete or damaged: {problem}")
         return path
     for root in (path, path / "checkpoints"):
         found = latest_checkpoint(root)

@@ -7,9 +7,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AMP_MODES", "TrainerConfig"]
+__all__ = ["AMP_MODES", "RESUME_FREE_FIELDS", "TrainerConfig", "config_differences"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+# Fields a resumed run may change: they decide how the run is shown, logged, saved or executed,
+# never which numbers it computes (``compile``/``device``/``find_unused_parameters``/
+# ``deterministic`` pick kernels and placement, not the maths).
+RESUME_FREE_FIELDS: frozenset[str] = frozenset(
+    {
+        "log_every", "progress", "tensorboard", "keep_last", "save_every", "name", "validate_every",
+        "compile", "compile_backend", "device", "find_unused_parameters", "deterministic",
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -42,6 +52,9 @@ class TrainerConfig:
         device: "auto" (``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU) or a torch device.
         progress: show a tqdm bar (rank 0 only).
         tensorboard: write TensorBoard events besides the CSV.
+        name: name of the stage, shown in the progress bar (``"distill epoch 3/10"``).
+        validate_every: epochs between two validation passes when ``Trainer.fit`` gets a
+            ``val_loader`` (the last step is always validated).
 
     Example:
         >>> cfg = TrainerConfig(epochs=2, lr=1e-3)
@@ -72,6 +85,8 @@ class TrainerConfig:
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
+    name: str = "train"
+    validate_every: int = 1
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list back
@@ -80,6 +95,9 @@ class TrainerConfig:
         _check_int(self, "log_every", minimum=1)
         _check_int(self, "keep_last", minimum=1)
         _check_int(self, "seed", minimum=0)
+        _check_int(self, "validate_every", minimum=1)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"TrainerConfig.name must be a non-empty string, got {self.name!r}")
         for name in ("max_steps", "warmup_steps", "save_every"):
             if getattr(self, name) is not None:
                 _check_int(self, name, minimum=0 if name == "warmup_steps" else 1)
@@ -138,6 +156,35 @@ class TrainerConfig:
     def from_json(cls, text: str) -> TrainerConfig:
         """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between two JSON-like configurations, nested keys dotted.
+
+    Args:
+        saved: the configuration read back from a checkpoint.
+        current: the configuration of the run now; compare it after a JSON round trip so
+            tuples and lists, or NumPy and Python numbers, do not count as differences.
+        prefix: dotted path of ``saved`` inside a larger configuration.
+
+    Returns:
+        ``[(key, saved_value, current_value), ...]``; a key missing on one side has the
+        value ``"<missing>"`` there.
+
+    Example:
+        >>> config_differences({"lr": 1e-3, "data": {"batch": 8}}, {"lr": 1e-3, "data": {"batch": 16}})
+        [('data.batch', 8, 16)]
+    """
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in list(saved) + [k for k in current if k not in saved]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += config_differences(saved.get(key, _MISSING), current.get(key, _MISSING), name)
+        return out
+    return [] if saved == current else [(prefix, saved, current)]
+
+
+_MISSING = "<missing>"
 
 
 def _check_int(cfg: TrainerConfig, name: str, minimum: int) -> None:

@@ -2,9 +2,11 @@
 
 Images are read as in training (:func:`pacx.data.transforms.load_cxr`: MONAI ``LoadImage``
 with the PIL reader and ``reverse_indexing=False``, 8-bit grayscale, resized to the backbone's
-input size), DICOM through pydicom when installed, then replicated to the backbone's channels
-and normalised with the mean and std in its ``config.json``. A file that cannot be read is reported, never
-fatal: it gets ``row = -1`` and its error in the CSV index.
+input size), DICOM through pydicom when installed (:func:`pacx.data.image_io.read_dicom_gray8`:
+modality and VOI LUTs, MONOCHROME1 inverted, the same intensity policy as PNG files), then
+replicated to the backbone's channels and normalised with the mean and std of its
+``config.json``. A file that cannot be read is reported, never fatal: it gets ``row = -1`` and
+its error in the CSV index.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pacx.io import atomic_write, load_json
+from pacx.io import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "EmbeddingReport", "embed_files", "embed_folder", "list_images", "load_image"]
 
@@ -80,30 +82,6 @@ def list_images(
     return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in wanted)
 
 
-def _read_dicom_gray(path: Path) -> torch.Tensor:
-    """(H, W) float32 in [0, 1] from a DICOM file, bright = dense as on a PNG."""
-    try:
-        import pydicom
-    except ImportError as err:
-        raise ImportError("reading DICOM needs pydicom: pip install 'pacx[dicom]'") from err
-    ds = pydicom.dcmread(str(path))
-    pixels = np.asarray(ds.pixel_array)
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # a multi-frame file: its first frame
-    if samples == 3:
-        # Colour DICOM (rare for CXR): PIL's luminance weights, as for colour PNGs.
-        pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    pixels = pixels.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    pixels = pixels + float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    low, high = float(pixels.min()), float(pixels.max())
-    gray = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        gray = 1.0 - gray  # MONOCHROME1 stores dense tissue as low values
-    return torch.from_numpy(gray.astype(np.float32))
-
-
 def load_image(
     path: str | os.PathLike,
     image_size: Sequence[int],
@@ -115,9 +93,11 @@ def load_image(
 
     PNG/JPEG/... go through :func:`pacx.data.transforms.load_cxr` (MONAI ``LoadImage`` with the
     PIL reader and ``reverse_indexing=False``, 8-bit grayscale, antialiased bilinear resize), the
-    preprocessing used in training; DICOM files through pydicom (modality rescale, min-max,
-    MONOCHROME1 inverted). The grayscale image is replicated to ``in_chans`` channels and
-    normalised with ``mean``/``std``.
+    preprocessing used in training; DICOM files through
+    :func:`pacx.data.image_io.read_dicom_gray8` (modality LUT, VOI LUT or min-max, MONOCHROME1
+    inverted; see :mod:`pacx.data.image_io` for the intensity policy shared with PNG files), then
+    the same resize. The grayscale image is replicated to ``in_chans`` channels and normalised
+    with ``mean``/``std``.
 
     Args:
         path: image file.
@@ -142,10 +122,12 @@ def load_image(
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean and std must have in_chans={in_chans} values, got {len(mean)} and {len(std)}")
     if path.suffix.lower() in _DICOM_EXTENSIONS:
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        gray = _read_dicom_gray(path)
+        from pacx.data.image_io import read_dicom_gray8
+
+        gray = torch.from_numpy(read_dicom_gray8(path).astype(np.float32))
+        # Resize on the 0..255 scale, then scale, in load_cxr's order, so DICOM and PNG agree.
         gray = F.interpolate(gray[None, None], size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0]
+        gray = gray / 255.0
     else:
         image = load_cxr(path, size)  # (3, H, W), ImageNet-normalised grayscale
         if in_chans == 3 and mean == tuple(IMAGENET_MEAN) and std == tuple(IMAGENET_STD):
@@ -195,9 +177,9 @@ def embed_files(
             raise ValueError("image_config is required when backbone is a module, got None")
         model, cfg = backbone, image_config
     else:
-        from .export import load_backbone
+        from .export import backbone_input_config, load_backbone
 
-        model, cfg = load_backbone(backbone), load_json(Path(backbone) / "config.json")
+        model, cfg = load_backbone(backbone), backbone_input_config(backbone)
     model = model.to(device).eval()
     paths = [Path(p) for p in paths]
     index_csv = out_npy.with_suffix(".csv")

@@ -1,15 +1,20 @@
 """Export a trained CXR encoder as a plain timm backbone (safetensors + JSON) or ONNX.
 
-The exported folder holds ``model.safetensors`` with timm's own key names and a
-``config.json`` naming the timm model and the keyword arguments that rebuild it, so anyone
-can load it without pacx::
+The exported folder is in timm's own local-folder / Hugging Face hub layout: ``model.safetensors``
+with timm's key names and a ``config.json`` holding ``architecture``, ``num_classes`` (0),
+``num_features``, ``global_pool``, ``model_args`` (the real ``img_size``, ``patch_size``,
+``embed_dim``, ``depth``, ``num_heads``, ... that rebuild the encoder; they override whatever
+the timm ``architecture`` name would default to) and ``pretrained_cfg`` (the input contract:
+``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``). So anyone can
+load it without pacx::
 
-    cfg = json.load(open("backbone/config.json"))
-    vit = timm.create_model(cfg["architecture"], num_classes=0,
-                            checkpoint_path="backbone/model.safetensors", **cfg["model_kwargs"])
+    import timm
+    model = timm.create_model("local-dir:backbone", pretrained=True)  # num_classes=0: embeddings
+    cfg = timm.data.resolve_data_config({}, model=model)  # input size, mean, std of training
 
-together with the input contract (image size, channels, normalisation) and the pooling of
-the embedding (the class token after the final norm for PaCX-MAE).
+pacx's own metadata (format version, pooling, provenance such as the stage or the MAE mask
+ratio) sits under the top-level ``"pacx"`` key, which timm ignores. The embedding is the class
+token after the final norm for PaCX-MAE (``model(x)`` with ``num_classes=0``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import copy
 import functools
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +32,8 @@ import torch
 from torch import nn
 
 import pacx
-from pacx.io import atomic_write, load_json, save_json, save_safetensors
 from pacx.constants import IMAGENET_MEAN, IMAGENET_STD
+from pacx.io import atomic_write, load_json, load_safetensors, make_temp_dir, save_json, save_safetensors
 
 from .checkpoint import _publish_dir
 
@@ -41,14 +45,21 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "backbone_config",
+    "backbone_input_config",
     "export_backbone",
     "export_onnx",
     "load_backbone",
     "onnx_max_abs_diff",
 ]
 
-BACKBONE_FORMAT = "pacx-backbone/1"
+BACKBONE_FORMAT = "pacx-backbone/2"
+# Version 1 kept pacx's keys at the top level and "model_kwargs" instead of timm's "model_args";
+# timm could not read it. load_backbone still does.
+_LEGACY_FORMAT = "pacx-backbone/1"
 _TIMM_NORM_EPS = 1e-6  # timm's VisionTransformer default LayerNorm epsilon
+# pacx resizes the whole image to S x S (aspect ratio not kept) with bilinear, antialiased
+# interpolation: timm's "squash" crop mode at crop_pct 1 is that transform.
+_INPUT_TRANSFORM = {"interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash"}
 # timm names for standard sizes (any ViT name works: the keyword arguments override it).
 _NAMES = {
     (192, 12, 3): "vit_tiny_patch16_224",
@@ -142,6 +153,65 @@ def _create(architecture: str, model_kwargs: Mapping[str, Any], norm_eps: float,
     return timm.create_model(architecture, pretrained=False, **kwargs, **extra)
 
 
+def _check_state(encoder: VisionTransformer, arch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's weights without a classifier head, checked against the rebuilt timm model."""
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    with torch.device("meta"):  # only names and shapes are compared: skip the initialisation
+        expected = _create(arch["architecture"], arch["model_kwargs"], arch["norm_eps"]).state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    if unexpected or missing:
+        hint = " (merge and unwrap LoRA first)" if any("lora" in k or "base_layer" in k for k in unexpected) else ""
+        raise ValueError(
+            f"encoder keys do not match timm's {arch['architecture']}{hint}: "
+            f"unexpected {unexpected[:5]}, missing {missing[:5]}"
+        )
+    wrong = [k for k in state if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ValueError(f"encoder tensor shapes differ from the rebuilt timm model for {wrong[:5]}")
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _hub_config(
+    encoder: VisionTransformer,
+    arch: Mapping[str, Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    pool: str,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """``config.json`` in timm's hub layout, with pacx's metadata under ``"pacx"``."""
+    kwargs = arch["model_kwargs"]
+    size = kwargs["img_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    return {
+        "architecture": arch["architecture"],
+        "num_classes": 0,
+        "num_features": int(encoder.num_features),
+        "global_pool": pool,
+        "model_args": dict(kwargs),
+        "pretrained_cfg": {
+            "input_size": [kwargs["in_chans"], int(height), int(width)],
+            "fixed_input_size": not kwargs.get("dynamic_img_size", False),
+            **_INPUT_TRANSFORM,
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "num_classes": 0,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },
+        "pacx": {
+            "format": BACKBONE_FORMAT,
+            "norm_eps": arch["norm_eps"],
+            "pool": pool,
+            "embedding": "forward_head(forward_features(x), pre_logits=True), i.e. model(x) with num_classes=0",
+            "timm_version": _timm_version(),
+            "pacx_version": pacx.__version__,
+            "extra": dict(extra or {}),
+        },
+    }
+
+
 def export_backbone(
     encoder: VisionTransformer,
     path_dir: str | os.PathLike,
@@ -151,7 +221,16 @@ def export_backbone(
     extra: Mapping[str, Any] | None = None,
     verify: bool = True,
 ) -> Path:
-    """Write ``encoder`` as a timm-loadable backbone folder, atomically.
+    """Write ``encoder`` as a timm local-folder / hub backbone, atomically.
+
+    ``timm.create_model("local-dir:<path_dir>", pretrained=True)`` then rebuilds it with its real
+    size and weights, and ``timm.data.resolve_data_config({}, model=model)`` gives its input
+    size, ``mean``, ``std``, bilinear interpolation and a plain resize (``crop_pct`` 1,
+    ``crop_mode`` "squash"). The folder and its files get the permissions of the user's umask.
+
+    A LayerNorm epsilon other than timm's 1e-6 cannot be written in timm's ``model_args``: it is
+    kept in pacx's metadata, :func:`load_backbone` restores it, and a ``UserWarning`` says that
+    plain timm would build 1e-6 layers.
 
     Args:
         encoder: timm ``VisionTransformer``; a classifier head, if any, is dropped.
@@ -159,9 +238,10 @@ def export_backbone(
         mean: per-channel normalisation mean of the inputs.
         std: per-channel normalisation standard deviation.
         pool: how the embedding is pooled; must equal ``encoder.global_pool``.
-        extra: JSON-serialisable metadata stored under ``"extra"`` (e.g. training provenance).
-        verify: rebuild the model from the written files and check its features match
-            ``encoder``'s exactly on a random input.
+        extra: JSON-serialisable metadata stored under ``config["pacx"]["extra"]`` (e.g. the
+            training stage or the MAE mask ratio).
+        verify: rebuild the model from the written files, with pacx and with plain timm, and
+            check that its features match ``encoder``'s exactly on a random input.
 
     Returns:
         The folder.
@@ -180,57 +260,31 @@ def export_backbone(
         ['config.json', 'model.safetensors']
     """
     arch = backbone_config(encoder)
-    kwargs = arch["model_kwargs"]
-    in_chans = kwargs["in_chans"]
+    in_chans = arch["model_kwargs"]["in_chans"]
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean and std must have in_chans={in_chans} values, got {len(mean)} and {len(std)}")
     if any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {tuple(std)}")
     if pool != encoder.global_pool:
         raise ValueError(f"pool must match the encoder's global_pool {encoder.global_pool!r}, got {pool!r}")
-
-    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
-    reference = _create(arch["architecture"], kwargs, arch["norm_eps"])
-    expected = reference.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    if unexpected or missing:
-        hint = " (merge and unwrap LoRA first)" if any("lora" in k or "base_layer" in k for k in unexpected) else ""
-        raise ValueError(
-            f"encoder keys do not match timm's {arch['architecture']}{hint}: "
-            f"unexpected {unexpected[:5]}, missing {missing[:5]}"
+    if arch["norm_eps"] != _TIMM_NORM_EPS:
+        warnings.warn(
+            f"encoder LayerNorm eps is {arch['norm_eps']:g}, which timm's config.json cannot express: "
+            f"timm.create_model('local-dir:...') would build eps={_TIMM_NORM_EPS:g} layers (features differ "
+            "slightly); pacx.engine.load_backbone restores it",
+            UserWarning,
+            stacklevel=2,
         )
-    wrong = [k for k in state if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        raise ValueError(f"encoder tensor shapes differ from the rebuilt timm model for {wrong[:5]}")
+    weights = _check_state(encoder, arch)
+    config = _hub_config(encoder, arch, mean, std, pool, extra)
 
-    img_size = kwargs["img_size"]
-    config = {
-        "format": BACKBONE_FORMAT,
-        "architecture": arch["architecture"],
-        "model_kwargs": kwargs,
-        "norm_eps": arch["norm_eps"],
-        "num_classes": 0,
-        "num_features": int(encoder.num_features),
-        "image_size": [img_size, img_size] if isinstance(img_size, int) else list(img_size),
-        "in_chans": in_chans,
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "pool": pool,
-        "embedding": "forward_head(forward_features(x), pre_logits=True), i.e. model(x) with num_classes=0",
-        "timm_version": _timm_version(),
-        "pacx_version": pacx.__version__,
-        "extra": dict(extra or {}),
-    }
     path_dir = Path(path_dir)
-    path_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{path_dir.name}.tmp-", dir=path_dir.parent))
+    tmp = make_temp_dir(path_dir.parent, prefix=f"{path_dir.name}.tmp-")
     try:
-        weights = {k: v.detach().cpu().clone() for k, v in state.items()}
         save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
         save_json(config, tmp / "config.json")
         if verify:
-            _verify(encoder, tmp)
+            _verify(encoder, tmp, plain_timm=arch["norm_eps"] == _TIMM_NORM_EPS)
         return _publish_dir(tmp, path_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -243,24 +297,101 @@ def _timm_version() -> str:
     return timm.__version__
 
 
-def _verify(encoder: nn.Module, folder: Path) -> None:
-    rebuilt = load_backbone(folder)
-    cfg = load_json(folder / "config.json")
+def _verify(encoder: nn.Module, folder: Path, plain_timm: bool) -> None:
+    import timm
+
+    rebuilt = {"pacx.engine.load_backbone": load_backbone(folder)}
+    if plain_timm:  # the README's route, through timm's own config parsing and weight loading
+        rebuilt["timm local-dir"] = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    contract = backbone_input_config(folder)
     # Compared on CPU, in the encoder's dtype: GPU kernels would round differently.
     reference = copy.deepcopy(encoder).cpu().eval()
     dtype = next(reference.parameters()).dtype
-    x = torch.randn(2, cfg["in_chans"], *cfg["image_size"], generator=torch.Generator().manual_seed(0)).to(dtype)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, contract["in_chans"], *contract["image_size"], generator=generator).to(dtype)
     with torch.no_grad():
         # Pooled pre-logits features: a classifier head of the encoder is not exported.
         want = reference.forward_head(reference.forward_features(x), pre_logits=True)
-        got = rebuilt.to(dtype)(x)
-    if want.shape != got.shape or not torch.equal(want, got):
-        diff = (want - got).abs().max().item() if want.shape == got.shape else float("nan")
-        raise ValueError(f"exported backbone does not reproduce the encoder's features (max abs diff {diff})")
+        for route, model in rebuilt.items():
+            got = model.to(dtype)(x)
+            if want.shape != got.shape or not torch.equal(want, got):
+                diff = (want - got).abs().max().item() if want.shape == got.shape else float("nan")
+                raise ValueError(
+                    f"exported backbone loaded with {route} does not reproduce the encoder's features "
+                    f"(max abs diff {diff})"
+                )
+
+
+def _read_config(path_dir: Path) -> dict[str, Any]:
+    """Both layouts of ``config.json`` as one dict: architecture, model_args, norm_eps, input contract."""
+    path = path_dir / "config.json"
+    cfg = load_json(path)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    pacx_meta = cfg.get("pacx")
+    fmt = pacx_meta.get("format") if isinstance(pacx_meta, dict) else cfg.get("format")
+    try:
+        if fmt == BACKBONE_FORMAT:
+            data = cfg["pretrained_cfg"]
+            return {
+                "timm_layout": True,
+                "architecture": cfg["architecture"],
+                "model_args": cfg["model_args"],
+                "norm_eps": float(pacx_meta.get("norm_eps", _TIMM_NORM_EPS)),
+                "image_size": [int(v) for v in data["input_size"][1:]],
+                "in_chans": int(data["input_size"][0]),
+                "mean": [float(v) for v in data["mean"]],
+                "std": [float(v) for v in data["std"]],
+            }
+        if fmt == _LEGACY_FORMAT:
+            return {
+                "timm_layout": False,
+                "architecture": cfg["architecture"],
+                "model_args": cfg["model_kwargs"],
+                "norm_eps": float(cfg.get("norm_eps", _TIMM_NORM_EPS)),
+                "image_size": [int(v) for v in cfg["image_size"]],
+                "in_chans": int(cfg["in_chans"]),
+                "mean": [float(v) for v in cfg["mean"]],
+                "std": [float(v) for v in cfg["std"]],
+            }
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        raise ValueError(f"{path}: incomplete pacx backbone config ({type(err).__name__}: {err})") from err
+    raise ValueError(
+        f"{path}: not a pacx backbone config: expected config['pacx']['format'] == {BACKBONE_FORMAT!r} "
+        f"(or a top-level format {_LEGACY_FORMAT!r}), got {fmt!r}"
+    )
+
+
+def backbone_input_config(path_dir: str | os.PathLike) -> dict[str, Any]:
+    """The input contract of an exported backbone: what an image must look like before ``model(x)``.
+
+    Works on both the current layout and pacx-backbone/1 folders.
+
+    Args:
+        path_dir: folder written by :func:`export_backbone`.
+
+    Returns:
+        ``{"image_size": [H, W], "in_chans": C, "mean": [...], "std": [...]}``.
+
+    Raises:
+        FileNotFoundError: when ``config.json`` is missing.
+        ValueError: when it is not a pacx backbone config (the message names the file).
+
+    Example:
+        >>> backbone_input_config("runs/pacx/backbones/pacx")["image_size"]  # doctest: +SKIP
+        [224, 224]
+    """
+    cfg = _read_config(Path(path_dir))
+    return {key: cfg[key] for key in ("image_size", "in_chans", "mean", "std")}
 
 
 def load_backbone(path_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> VisionTransformer:
-    """Rebuild an exported backbone with ``timm.create_model(..., checkpoint_path=...)``.
+    """Rebuild an exported backbone (current or pacx-backbone/1 layout).
+
+    The architecture comes from ``timm.create_model("local-dir:<path_dir>")`` for the current
+    layout (so pacx reads ``config.json`` exactly as timm does; a non-default LayerNorm epsilon
+    is passed back as ``norm_layer``), and the weights are loaded strictly from
+    ``model.safetensors``.
 
     Args:
         path_dir: folder written by :func:`export_backbone`.
@@ -272,27 +403,31 @@ def load_backbone(path_dir: str | os.PathLike, map_location: str | torch.device 
 
     Raises:
         FileNotFoundError: when a file is missing.
-        ValueError: when ``config.json`` is not a pacx backbone config.
+        ValueError: when ``config.json`` is not a pacx backbone config, or the weights file is
+            corrupt or does not match the architecture (the message names the file).
     """
+    import timm
+
     path_dir = Path(path_dir)
-    cfg = load_json(path_dir / "config.json")
-    if cfg.get("format") != BACKBONE_FORMAT:
-        raise ValueError(f"{path_dir / 'config.json'}: format must be {BACKBONE_FORMAT!r}, got {cfg.get('format')!r}")
+    cfg = _read_config(path_dir)
     weights = path_dir / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {weights}")
-    overlay = {
-        "mean": tuple(cfg["mean"]),
-        "std": tuple(cfg["std"]),
-        "input_size": (cfg["in_chans"], *cfg["image_size"]),
-    }
-    model = _create(
-        cfg["architecture"],
-        cfg["model_kwargs"],
-        float(cfg.get("norm_eps", _TIMM_NORM_EPS)),
-        checkpoint_path=str(weights),
-        pretrained_cfg_overlay=overlay,
-    )
+    state = load_safetensors(weights)  # names the file when it is missing or corrupt
+    norm = {}
+    if cfg["norm_eps"] != _TIMM_NORM_EPS:
+        norm["norm_layer"] = functools.partial(nn.LayerNorm, eps=cfg["norm_eps"])
+    if cfg["timm_layout"]:
+        model = timm.create_model(f"local-dir:{path_dir}", pretrained=False, **norm)
+    else:
+        overlay = {
+            "mean": tuple(cfg["mean"]),
+            "std": tuple(cfg["std"]),
+            "input_size": (cfg["in_chans"], *cfg["image_size"]),
+        }
+        model = _create(cfg["architecture"], cfg["model_args"], cfg["norm_eps"], pretrained_cfg_overlay=overlay)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{weights} does not match the architecture in {path_dir / 'config.json'}: {err}") from err
     return model.to(map_location).eval()
 
 

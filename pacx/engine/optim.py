@@ -33,6 +33,8 @@ def param_groups(
     model: nn.Module,
     weight_decay: float,
     no_decay_names: Sequence[str] = DEFAULT_NO_DECAY_NAMES,
+    *,
+    use_model_groups: bool = True,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``model`` into a decayed and an undecayed group.
 
@@ -41,12 +43,15 @@ def param_groups(
     its dotted path) contains one of ``no_decay_names``. Frozen parameters
     (``requires_grad=False``) are left out; a parameter shared by several modules appears once.
 
-    When ``model`` defines ``param_groups(weight_decay)``, its answer is returned instead.
+    When ``model`` defines ``param_groups(weight_decay)`` and ``use_model_groups`` is True, its
+    answer is returned instead.
 
     Args:
         model: the module to optimise.
-        weight_decay: decay of the decayed group (>= 0).
+        weight_decay: decay of the decayed group (>= 0, finite).
         no_decay_names: substrings of parameter names that are never decayed.
+        use_model_groups: defer to ``model.param_groups`` when it exists (False: apply this
+            policy, as a model's own ``param_groups`` does to delegate here).
 
     Returns:
         Up to two dicts ``{"params": [...], "weight_decay": float, "name": "decay"|"no_decay"}``
@@ -60,9 +65,9 @@ def param_groups(
         >>> [(g["name"], len(g["params"])) for g in param_groups(net, 0.05)]
         [('decay', 1), ('no_decay', 3)]
     """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    custom = getattr(model, "param_groups", None)
+    if not 0 <= weight_decay < float("inf"):
+        raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay}")
+    custom = getattr(model, "param_groups", None) if use_model_groups else None
     if callable(custom):
         groups = list(custom(weight_decay))
         if not groups:

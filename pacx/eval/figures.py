@@ -5,9 +5,9 @@ here touches pyplot's global state or the caller's backend. Every plot has axes,
 units; image grids are in pixels.
 
 * :func:`plot_mae_reconstruction`: original, masked input and reconstruction per row.
-* :func:`plot_low_data_curves`: metric vs training fraction with confidence bands.
+* :func:`plot_low_data_curves`: metric vs training fraction, with a band per curve.
 * :func:`plot_rollout_overlays`: image, rollout of two encoders and their difference.
-* :func:`plot_training_curves`: scalar columns of a metrics CSV against step/epoch.
+* :func:`plot_training_curves`: training and validation curves of a metrics CSV against epochs.
 """
 
 from __future__ import annotations
@@ -117,8 +117,17 @@ def plot_mae_reconstruction(
 
 
 def _curve_point(value: Any, metric: str) -> tuple[float, float, float]:
-    """(value, low, high) from a tuple or a probe_task-style result dict."""
+    """(value, low, high) from a tuple or a probe_task-style result dict.
+
+    A :func:`pacx.eval.probe_task` result gives the mean over its seeds (the number tables
+    report) and a band of one standard deviation over seeds (none with a single seed); a dict
+    holding only ``pooled`` and ``ci`` gives those.
+    """
     if isinstance(value, Mapping):
+        if "mean" in value and metric in value["mean"]:
+            mean, n_seeds = float(value["mean"][metric]), len(value.get("per_seed", ()))
+            sd = float(value.get("std", {}).get(metric, np.nan)) if n_seeds > 1 else np.nan
+            return mean, mean - sd, mean + sd
         if "pooled" in value:
             v = value["pooled"][metric]
             lo, hi = value.get("ci", {}).get(metric, (np.nan, np.nan))
@@ -134,19 +143,20 @@ def plot_low_data_curves(
     metric: str = "auroc",
     metric_label: str = "macro AUROC",
     title: str = "Low-data linear probe",
-    confidence_level: float = 0.95,
+    band: str = "\u00b11 SD over probe seeds",
     dpi: int = 120,
 ) -> Path:
-    """Metric against the training fraction, one line per encoder with its confidence band.
+    """Metric against the training fraction, one line per encoder with its band.
 
     Args:
         curves: ``{encoder: {fraction: point}}`` where a point is ``(value, low, high)`` or a
-            :func:`pacx.eval.probe_task` result (its ``pooled[metric]`` and ``ci[metric]``).
+            :func:`pacx.eval.probe_task` result (the mean of ``metric`` over its seeds, the value
+            tables report, with a band of one standard deviation over seeds).
         path: output PNG.
         metric: key of the metric in probe results.
         metric_label: y-axis label.
         title: figure title.
-        confidence_level: printed in the legend.
+        band: what the bands are, printed in the title (a band with a non-finite end is not drawn).
         dpi: resolution.
 
     Returns:
@@ -183,7 +193,7 @@ def plot_low_data_curves(
     ax.set_xticklabels([f"{t:g}%" for t in ticks])
     ax.set_xlabel("training labels used (% of training split, log scale)")
     ax.set_ylabel(metric_label)
-    ax.set_title(f"{title} (bands: {confidence_level:.0%} bootstrap CI)")
+    ax.set_title(f"{title} (bands: {band})")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -259,12 +269,17 @@ def plot_training_curves(
     max_panels: int = 8,
     dpi: int = 120,
 ) -> Path:
-    """One panel per scalar column of a metrics CSV, against ``step`` (or ``epoch``).
+    """One panel per logged quantity of a metrics CSV, training and validation on the same axes.
+
+    Every row that holds a value is drawn. A validation column (``val_<name>`` as the
+    :class:`pacx.engine.Trainer` writes it, or ``val/<name>``) shares the panel of its training
+    column (``<name>``, ``train_<name>`` or ``train/<name>``) and is drawn with markers, one per
+    validation (at epoch ends for the trainer).
 
     Args:
         csv_path: CSV with a header; missing values (metrics logged at other steps) are skipped.
         path: output PNG.
-        x: the x column; ``"step"``, else ``"epoch"``, else the row number when omitted.
+        x: the x column; ``"epoch"``, else ``"step"``, else the row number when omitted.
         columns: the y columns; every other numeric column when omitted.
         title: figure title.
         max_panels: most panels drawn.
@@ -272,38 +287,60 @@ def plot_training_curves(
 
     Returns:
         The PNG path.
+
+    Raises:
+        ValueError: when ``x`` or a column is not in the CSV, or there is nothing to plot.
     """
     import pandas as pd
 
     frame = pd.read_csv(csv_path)
     if x is None:
-        x = next((c for c in ("step", "global_step", "epoch") if c in frame.columns), None)
+        x = next((c for c in ("epoch", "step", "global_step") if c in frame.columns), None)
     if x is not None and x not in frame.columns:
         raise ValueError(f"x column {x!r} not in {list(frame.columns)}")
     xs = frame[x] if x is not None else pd.Series(np.arange(len(frame)))
     if columns is None:
-        skip = {x, "epoch", "step"}
+        skip = {x, "epoch", "step", "global_step"}
         columns = [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} not in {list(frame.columns)}")
-    columns = list(columns)[:max_panels]
-    if not columns:
+    panels = list(_curve_panels(columns).items())[:max_panels]
+    if not panels:
         raise ValueError(f"no numeric columns to plot in {csv_path}")
-    n_cols = min(2, len(columns))
-    n_rows = int(np.ceil(len(columns) / n_cols))
+    n_cols = min(2, len(panels))
+    n_rows = int(np.ceil(len(panels) / n_cols))
     fig = Figure(figsize=(6 * n_cols, 3.2 * n_rows + 0.5))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for i, col in enumerate(columns):
+    for i, (name, series) in enumerate(panels):
         ax = axes[i // n_cols, i % n_cols]
-        ok = frame[col].notna()
-        ax.plot(xs[ok], frame[col][ok], marker="." if ok.sum() < 50 else None)
-        ax.set_title(col)
+        for kind, col in series.items():
+            ok = frame[col].notna()
+            if kind == "val":
+                style = {"color": "C1", "marker": "o", "markersize": 5}
+            else:
+                style = {"color": "C0", "marker": "." if ok.sum() < 50 else None, "linewidth": 1.2}
+            ax.plot(xs[ok], frame[col][ok], label=f"{kind} ({ok.sum()} points)", **style)
+        ax.set_title(name)
         ax.set_xlabel(x or "row")
-        ax.set_ylabel(col)
+        ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-    for j in range(len(columns), n_rows * n_cols):
+        ax.legend(fontsize="small")
+    for j in range(len(panels), n_rows * n_cols):
         axes[j // n_cols, j % n_cols].set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def _curve_panels(columns: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Group metric columns by quantity: ``{name: {"train": column, "val": column}}`` (either may be absent)."""
+    panels: dict[str, dict[str, str]] = {}
+    for col in columns:
+        kind, name = "train", col
+        for prefix, prefix_kind in (("val_", "val"), ("val/", "val"), ("train_", "train"), ("train/", "train")):
+            if col.startswith(prefix) and len(col) > len(prefix):
+                kind, name = prefix_kind, col[len(prefix) :]
+                break
+        panels.setdefault(name, {})[kind] = col
+    return {name: {k: series[k] for k in ("train", "val") if k in series} for name, series in panels.items()}

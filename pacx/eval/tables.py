@@ -114,7 +114,9 @@ def main_results_table(rows: Sequence[Mapping[str, Any]], confidence_level: floa
 
     Args:
         rows: dicts with ``task``, ``kind``, ``metric``, ``random``, ``mae``, ``pacx``, ``ci``
-            (``[low, high]`` of PaCX) and ``p`` (see :func:`main_table_row`).
+            (``[low, high]`` of PaCX) and ``p`` (see :func:`main_table_row`); optionally
+            ``control`` (the shuffled-teacher control) and ``p_control`` (PaCX vs control),
+            which add three columns when any row has them.
         confidence_level: printed in the CI column header.
 
     Returns:
@@ -136,6 +138,10 @@ def main_results_table(rows: Sequence[Mapping[str, Any]], confidence_level: floa
         ]
         for r in rows
     ]
+    if any(r.get("control") is not None for r in rows):  # the shuffled-teacher control, when it was run
+        header += ["control", "PaCX - control (pts)", "p (PaCX vs control)"]
+        for row, r in zip(body, rows):
+            row += [_fmt(r.get("control")), _fmt_gain(r.get("pacx"), r.get("control")), _fmt_p(r.get("p_control"))]
     return _markdown(header, body)
 
 

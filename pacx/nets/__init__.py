@@ -14,15 +14,7 @@ from .mae_checkpoints import (
     mae_state_dict_to_timm,
 )
 from .net1d import Net1D, ecgfounder_12lead, load_ecgfounder_checkpoint, net1d_small
-from .teachers import (
-    ECGTeacher,
-    LabTeacher,
-    Teacher,
-    build_teacher,
-    compute_teacher_embeddings,
-    list_teachers,
-    register_teacher,
-)
+from .teachers import ECGTeacher, LabTeacher, Teacher, compute_teacher_embeddings
 
 __all__ = [
     "ECGTeacher",
@@ -38,17 +30,14 @@ __all__ = [
     "PaCXDistiller",
     "ProjectionHead",
     "Teacher",
-    "build_teacher",
     "canonical_mae_state_dict",
     "compute_teacher_embeddings",
     "create_mae",
     "ecgfounder_12lead",
     "list_mae_presets",
-    "list_teachers",
     "load_ecgfounder_checkpoint",
     "load_mae_checkpoint",
     "mae_state_dict_to_timm",
     "net1d_small",
-    "register_teacher",
     "sincos_2d_pos_embed",
 ]

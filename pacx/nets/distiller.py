@@ -351,38 +351,24 @@ class PaCXDistiller(nn.Module):
         return encoder.eval()
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW parameter groups over the trainable parameters.
+        """AdamW parameter groups over the trainable parameters: :func:`pacx.engine.param_groups`.
 
-        Norm weights, biases and the temperature (every parameter with fewer than 2 dimensions),
-        plus the student's ``no_weight_decay()`` names (timm: ``pos_embed``, ``cls_token``), get no
-        weight decay. This deliberately deviates from the authors, who decayed everything.
+        Norm weights, biases, the temperature, ``pos_embed`` and the tokens get no weight decay.
+        This deliberately deviates from the authors, who decayed everything.
 
         Args:
             weight_decay: decay of the matrices (LoRA factors, head and block weights), >= 0.
 
         Returns:
-            Up to two groups, ``[{"params": decayed, "weight_decay": weight_decay},
-            {"params": others, "weight_decay": 0.0}]``, empty groups omitted.
+            Up to two groups, ``[{"params": decayed, "weight_decay": weight_decay, "name": "decay"},
+            {"params": others, "weight_decay": 0.0, "name": "no_decay"}]``, empty groups omitted.
 
         Raises:
             ValueError: when ``weight_decay`` is negative or not finite.
         """
-        weight_decay = _check_weight("weight_decay", weight_decay)
-        skip_fn = getattr(self.student, "no_weight_decay", None)
-        student_skip = {f"student.{n}" for n in (skip_fn() if callable(skip_fn) else ())}
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if param.ndim < 2 or name in student_skip:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return [group for group in groups if group["params"]]
+        from pacx.engine.optim import param_groups  # imported here: the engine builds on the nets
+
+        return param_groups(self, weight_decay, use_model_groups=False)
 
     def extra_repr(self) -> str:
         return (

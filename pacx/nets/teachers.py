@@ -1,16 +1,15 @@
-"""Frozen physiological teachers and their registry.
+"""Frozen physiological teachers: modules that embed one modality of a batch dict.
 
 A teacher turns one modality of a batch dict into a fixed embedding (B, D). Teachers run once,
 before Stage 2, to fill the embedding cache (``<out>/teachers/<split>/<name>.npy``); Stage 2
-only reads that cache. Adding a modality means subclassing :class:`Teacher`, registering it
-with :func:`register_teacher` and caching its embeddings (see ``docs/adding_a_teacher.md``).
+only reads that cache. The pipeline finds teachers through the plug-in registry of
+:mod:`pacx.teachers`, whose plug-ins build these modules (see ``docs/adding_a_teacher.md``).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,20 +18,7 @@ from torch import nn
 from .lab_dae import LabDAE
 from .net1d import Net1D
 
-__all__ = [
-    "ECGTeacher",
-    "LabTeacher",
-    "TEACHERS",
-    "Teacher",
-    "build_teacher",
-    "compute_teacher_embeddings",
-    "list_teachers",
-    "register_teacher",
-]
-
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-T = TypeVar("T", bound="type[Teacher]")
+__all__ = ["ECGTeacher", "LabTeacher", "Teacher", "compute_teacher_embeddings"]
 
 
 class Teacher(nn.Module):
@@ -40,7 +26,7 @@ class Teacher(nn.Module):
 
     Subclasses set ``required_keys`` (the batch keys they read) and ``self.embed_dim`` and
     implement :meth:`_embed`, which receives only the required entries as tensors on the
-    teacher's device. ``name`` is set by :func:`register_teacher`.
+    teacher's device.
 
     Frozen semantics: after :meth:`freeze` every parameter has ``requires_grad=False`` and the
     module stays in eval mode even when a parent calls ``.train()``, so BatchNorm running
@@ -59,7 +45,7 @@ class Teacher(nn.Module):
         torch.Size([3, 1])
     """
 
-    name: str = ""
+    name: str = ""  # the plug-in name, for messages
     required_keys: tuple[str, ...] = ()
 
     def __init__(self) -> None:
@@ -159,77 +145,6 @@ class Teacher(nn.Module):
         return self.embed(batch)
 
 
-TEACHERS: dict[str, type[Teacher]] = {}
-
-
-def register_teacher(name: str, overwrite: bool = False) -> Callable[[T], T]:
-    """Class decorator adding a :class:`Teacher` subclass to :data:`TEACHERS` under ``name``.
-
-    ``name`` is also the cache file stem (``teachers/<split>/<name>.npy``) and the key of the
-    distiller's ``teacher_dims`` and ``teacher_embeddings``.
-
-    Args:
-        name: letters, digits, ``_`` or ``-``.
-        overwrite: replace an existing, different class of the same name.
-
-    Returns:
-        The decorator (it sets ``cls.name = name`` and returns the class unchanged otherwise).
-
-    Raises:
-        ValueError: for an invalid name, a class that is not a Teacher subclass, or a name taken
-            by another class while ``overwrite`` is False.
-
-    Example:
-        >>> @register_teacher("toy_doc")
-        ... class ToyTeacher(Teacher):
-        ...     pass
-        >>> "toy_doc" in list_teachers()
-        True
-    """
-    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
-        raise ValueError(f"register_teacher: name must match [A-Za-z0-9_-]+, got {name!r}")
-
-    def decorator(cls: T) -> T:
-        if not (isinstance(cls, type) and issubclass(cls, Teacher)):
-            raise ValueError(f"register_teacher({name!r}): expected a Teacher subclass, got {cls!r}")
-        existing = TEACHERS.get(name)
-        same = existing is not None and (
-            (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
-        )
-        if existing is not None and not same and not overwrite:
-            raise ValueError(
-                f"register_teacher: name {name!r} is already used by {existing.__module__}.{existing.__qualname__}; "
-                "pick another name or pass overwrite=True"
-            )
-        cls.name = name
-        TEACHERS[name] = cls
-        return cls
-
-    return decorator
-
-
-def list_teachers() -> list[str]:
-    """Registered teacher names, sorted."""
-    return sorted(TEACHERS)
-
-
-def build_teacher(name: str, **kwargs: Any) -> Teacher:
-    """Instantiate the teacher registered as ``name`` with ``kwargs``.
-
-    Raises:
-        ValueError: when ``name`` is not registered (the registered names are listed).
-
-    Example:
-        >>> teacher = build_teacher("labs", dae=LabDAE())
-        >>> teacher.embed_dim, teacher.is_frozen
-        (256, True)
-    """
-    if name not in TEACHERS:
-        raise ValueError(f"build_teacher: unknown teacher {name!r}; registered: {list_teachers()}")
-    return TEACHERS[name](**kwargs)
-
-
-@register_teacher("ecg")
 class ECGTeacher(Teacher):
     """Frozen Net1D (ECGFounder) teacher: ``embed = net.forward_features(batch["ecg"])``, (B, 1024) for ECGFounder.
 
@@ -266,7 +181,6 @@ class ECGTeacher(Teacher):
         return self.net.forward_features(inputs["ecg"])
 
 
-@register_teacher("labs")
 class LabTeacher(Teacher):
     """Frozen lab DAE teacher: ``embed = dae.encode(batch["labs"], batch["labs_observed"])``, (B, 256).
 
@@ -276,6 +190,8 @@ class LabTeacher(Teacher):
     Args:
         dae: a trained :class:`LabDAE`.
         frozen: freeze on construction (the default).
+        value_key: batch key of the (B, L) values in [0, 1].
+        observed_key: batch key of the (B, L) observed mask (1 = observed).
 
     Example:
         >>> teacher = LabTeacher(LabDAE())
@@ -285,17 +201,21 @@ class LabTeacher(Teacher):
 
     required_keys = ("labs", "labs_observed")
 
-    def __init__(self, dae: LabDAE, frozen: bool = True) -> None:
+    def __init__(self, dae: LabDAE, frozen: bool = True, value_key: str = "labs",
+                 observed_key: str = "labs_observed") -> None:
         super().__init__()
         if not isinstance(dae, LabDAE):
             raise ValueError(f"LabTeacher: dae must be a LabDAE, got {type(dae).__name__}")
         self.dae = dae
         self.embed_dim = dae.latent_dim
+        # Any mask-aware tabular modality (labs, vitals) reads its own pair of batch keys.
+        self.required_keys = (value_key, observed_key)
         if frozen:
             self.freeze()
 
     def _embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.dae.encode(inputs["labs"], inputs["labs_observed"])
+        values, observed = (inputs[k] for k in self.required_keys)
+        return self.dae.encode(values, observed)
 
 
 def compute_teacher_embeddings(

@@ -12,7 +12,10 @@ from typing import Any
 
 import yaml
 
+import pacx
+
 from .profiles import PROFILES, get_profile
+from .schema import validate_config
 
 __all__ = ["add_common_arguments", "config_from_args", "config_hash", "load_config", "merge_config"]
 
@@ -35,11 +38,21 @@ def merge_config(base: dict[str, Any], update: Mapping[str, Any], path: str = ""
     return out
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what went wrong and where (``line L, column C``)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(err, "problem", None) or err).replace("\n", " ")
+
+
 def _parse_override(item: str) -> dict[str, Any]:
     if "=" not in item:
         raise ValueError(f"--set expects section.key=value, got {item!r}")
     dotted, raw = item.split("=", 1)
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(err)})") from None
     nested: dict[str, Any] = {}
     cursor = nested
     keys = dotted.strip().split(".")
@@ -50,33 +63,53 @@ def _parse_override(item: str) -> dict[str, Any]:
 
 
 def load_config(
-    profile: str = "cpu", config_file: str | Path | None = None, overrides: Sequence[str] = ()
+    profile: str = "cpu", config_file: str | Path | None = None, overrides: Sequence[str] = (),
+    updates: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Resolve a run configuration.
+    """Resolve and validate a run configuration.
 
     Args:
-        profile: ``"quick"``, ``"cpu"`` or ``"paper"``; a config file may also name it as ``profile``.
-        config_file: optional YAML or JSON file whose (nested) keys override the profile.
-        overrides: ``"section.key=value"`` strings (values parsed as YAML), applied last.
+        profile: a name of :data:`PROFILES`; a config file may also name it as ``profile``.
+        config_file: optional YAML or JSON file whose (nested) keys override the profile; it may
+            also hold ``seed`` (the output of ``--print-config`` is such a file).
+        overrides: ``"section.key=value"`` strings (values parsed as YAML), applied after the file.
+        updates: a nested mapping applied last, values taken as they are (``seed`` included);
+            how the recipes apply flags such as ``--data-root``.
 
     Returns:
-        The nested configuration dict, with ``profile`` recorded in it.
+        The nested configuration dict, with ``profile`` and ``seed`` (default 0) recorded in it.
+
+    Raises:
+        FileNotFoundError: when ``config_file`` does not exist.
+        ValueError: for a file that is not valid YAML/JSON (naming the file and the line), a
+            malformed override, or a configuration the schema refuses
+            (:class:`pacx.pipeline.schema.ConfigError`, naming the key).
+
+    Example:
+        >>> load_config("quick", overrides=["distill.epochs=5"])["distill"]["epochs"]
+        5
     """
     file_cfg: dict[str, Any] = {}
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        file_cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            file_cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML/JSON: {_yaml_problem(err)}") from None
         if not isinstance(file_cfg, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(file_cfg).__name__}")
         profile = file_cfg.pop("profile", profile)
+    seed = file_cfg.pop("seed", 0)
     cfg = get_profile(profile)
     cfg = merge_config(cfg, file_cfg)
     for item in overrides:
         cfg = merge_config(cfg, _parse_override(item))
-    cfg["profile"] = profile
-    return cfg
+    updates = dict(updates or {})
+    seed = updates.pop("seed", seed)
+    cfg = merge_config(cfg, updates)
+    return validate_config({"profile": profile, "seed": seed, **cfg})
 
 
 def config_hash(obj: Any) -> str:
@@ -88,34 +121,36 @@ def config_hash(obj: Any) -> str:
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> argparse.ArgumentParser:
     """Add the options every recipe shares."""
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
-                        help="quick (about 2 min, tests), cpu (default, <=15 min on 2 cores), paper (GPUs)")
+                        help="quick (about 2 min, tests), cpu (default, <=15 min on 2 cores), gpu (one H100/H200), "
+                             "paper (GPUs), prior (rebuilds the shipped Stage-1 prior)")
     parser.add_argument("--config", default=None, help="YAML or JSON file overriding the profile")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value, e.g. --set distill.epochs=5 (repeatable)")
     parser.add_argument("--out", default=default_out, help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="global seed")
+    parser.add_argument("--seed", type=int, default=None, help="global seed (default: the config file's, else 0)")
     parser.add_argument("--data", choices=["synthetic", "symile"], default=None,
                         help="data source (None: the profile's, synthetic for quick/cpu)")
     parser.add_argument("--data-root", default=None, help="Symile-MIMIC root holding data_npy/ (with --data symile)")
     parser.add_argument("--force", action="store_true", help="rerun even if outputs exist for this configuration")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved, validated configuration as YAML (a valid --config file) and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (pacx {pacx.__version__})")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the run configuration from parsed recipe arguments."""
-    cfg = load_config(args.profile, args.config, args.overrides)
+    """Build the run configuration from parsed recipe arguments, validated as a whole.
+
+    Raises:
+        ValueError: see :func:`load_config`; the options given as flags are checked with the rest.
+    """
+    updates: dict[str, Any] = {"data": {}, "mae": {}}
     if args.data is not None:
-        cfg["data"]["source"] = args.data
+        updates["data"]["source"] = args.data
     if args.data_root is not None:
-        cfg["data"]["root"] = args.data_root
-    if cfg["data"]["source"] == "symile" and not cfg["data"]["root"]:
-        raise ValueError("--data symile needs --data-root PATH (the folder that holds data_npy/)")
-    for flag, (section, key) in {
-        "mae_checkpoint": ("mae", "checkpoint"),
-        "ecgfounder_checkpoint": ("ecg_teacher", "checkpoint"),
-    }.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            cfg[section][key] = value
-    cfg["seed"] = args.seed
-    return cfg
+        updates["data"]["root"] = args.data_root
+    if getattr(args, "mae_checkpoint", None) is not None:
+        updates["mae"]["checkpoint"] = args.mae_checkpoint
+    if args.seed is not None:
+        updates["seed"] = args.seed
+    return load_config(args.profile, args.config, args.overrides, updates)

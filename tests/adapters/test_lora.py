@@ -32,7 +32,7 @@ def test_shapes_init_and_scaling():
     assert layer.lora_A.abs().max() <= bound + 1e-7
     assert layer.lora_A.abs().max() > 0.5 * bound
     assert _layer(r=4, alpha=8, rslora=True).scaling == pytest.approx(8 / 2.0)
-    assert set(layer.state_dict()) == {"base_layer.weight", "base_layer.bias", "lora_A", "lora_B"}
+    assert set(layer.state_dict()) == {"base_layer.weight", "base_layer.bias", "lora_A", "lora_B", "lora_merged"}
     assert layer.weight is layer.base_layer.weight and layer.bias is layer.base_layer.bias
 
 
@@ -108,6 +108,42 @@ def test_double_merge_is_not_double_counted():
     before = layer.base_layer.weight.detach().clone()
     layer.unmerge()  # unmerging an unmerged layer is a no-op too
     assert torch.equal(layer.base_layer.weight, before)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_state_dict_carries_the_merge_state(tmp_path, merge):
+    from pacx.io import load_safetensors, save_safetensors
+
+    layer = _layer(dropout=0.0).eval()
+    _randomise_b(layer)
+    x = torch.randn(7, 16)
+    if merge:
+        layer.merge()
+    expected = layer(x)
+    assert layer.state_dict()["lora_merged"].item() is merge
+    save_safetensors(layer.state_dict(), tmp_path / "layer.safetensors")
+
+    fresh = _layer(seed=5, dropout=0.0).eval()  # other weights, unmerged
+    fresh.load_state_dict(load_safetensors(tmp_path / "layer.safetensors"), strict=True)
+    assert fresh.merged is merge
+    assert torch.equal(fresh(x), expected)  # the update is applied exactly once
+    fresh.unmerge()  # and a loaded merged layer unmerges back to its base weight
+    torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=0)
+
+
+def test_state_dict_without_merge_flag_loads_as_unmerged():
+    # State dicts written before the flag existed hold unmerged layers (merging happened at export).
+    layer = _layer(dropout=0.0).eval()
+    _randomise_b(layer)
+    legacy = {k: v for k, v in layer.state_dict().items() if k != "lora_merged"}
+    fresh = _layer(seed=5, dropout=0.0).eval().merge()
+    fresh.load_state_dict(legacy, strict=True)
+    x = torch.randn(3, 16)
+    assert not fresh.merged and torch.equal(fresh(x), layer(x))
+    # A partial load that leaves the base weight alone leaves the merge state alone too.
+    fresh.merge()
+    fresh.load_state_dict({"lora_A": layer.lora_A.detach()}, strict=False)
+    assert fresh.merged
 
 
 def test_eval_and_train_never_touch_weights():

@@ -175,6 +175,22 @@ def test_merge_unmerge_model():
         merge_lora(tiny_vit())
 
 
+def test_merged_model_state_dict_reloads_into_a_fresh_adapted_model(tmp_path):
+    model = tiny_vit().eval()
+    apply_lora(model)
+    _randomise_adapters(model)
+    x = _images()
+    expected = model(x)
+    merge_lora(model)
+    save_safetensors(model.state_dict(), tmp_path / "merged.safetensors")
+    fresh = tiny_vit(seed=3).eval()
+    apply_lora(fresh)
+    fresh.load_state_dict(load_safetensors(tmp_path / "merged.safetensors"), strict=True)
+    torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=0)  # not the update twice
+    unwrap_lora(fresh)
+    torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=0)
+
+
 def test_unwrap_loads_strictly_into_timm(tmp_path):
     model = tiny_vit().eval()
     apply_lora(model)

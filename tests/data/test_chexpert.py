@@ -101,6 +101,9 @@ def test_errors_name_column_row_and_file(tmp_path):
         ds[2]
     with pytest.raises(FileNotFoundError, match="CheXpert-v1.0-small/train/patient00001"):
         CheXpertDataset(csv, tmp_path)[0]  # without stripping, the prefix folder does not exist
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"CheXpert CSV file .*empty.csv is empty"):
+        CheXpertDataset(tmp_path / "empty.csv", tmp_path)
 
 
 def test_chexpert_patient_id():

@@ -84,6 +84,15 @@ def test_label_errors_name_row_and_column(tmp_path):
         CSVImageDataset(write_images(tmp_path), tmp_path, "file", "effusion", "regression")
 
 
+def test_empty_csv_files_are_named(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"CSV .*empty.csv is empty"):
+        CSVImageDataset(tmp_path / "empty.csv", tmp_path, "file", "effusion", "binary")
+    (tmp_path / "header.csv").write_text("file,effusion\n")
+    with pytest.raises(ValueError, match=r"header.csv.*no rows"):
+        CSVImageDataset(tmp_path / "header.csv", tmp_path, "file", "effusion", "binary")
+
+
 def test_undecodable_image_is_named(tmp_path):
     table = write_images(tmp_path)
     (tmp_path / "img" / "3.png").write_bytes(b"\x89PNG but broken")

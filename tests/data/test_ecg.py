@@ -204,6 +204,27 @@ def test_read_wfdb_missing_file(tmp_path):
         read_wfdb_ecg(tmp_path / "nothing")
 
 
+def test_read_wfdb_truncated_or_empty_records_are_named(tmp_path):
+    base = _write_record(tmp_path, "cut", np.ones((2000, 12)), list(ECGFOUNDER_LEADS))
+    dat = tmp_path / "cut.dat"
+    with open(dat, "r+b") as fh:
+        fh.truncate(1001)  # mid-sample: the signal file ends early
+    with pytest.raises(ValueError, match=r"WFDB record .*cut.*signal"):
+        read_wfdb_ecg(base)
+    dat.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"WFDB record .*cut"):
+        read_wfdb_ecg(base)
+    (tmp_path / "cut.hea").write_text("")
+    with pytest.raises(ValueError, match=r"WFDB header .*cut.hea"):
+        read_wfdb_ecg(base)
+    empty = _write_record(tmp_path, "empty", np.ones((2, 12)), list(ECGFOUNDER_LEADS))
+    first, *signals = (tmp_path / "empty.hea").read_text().splitlines()
+    record, n_sig, fs, _ = first.split()[:4]  # record line: name, signals, frequency, length
+    (tmp_path / "empty.hea").write_text("\n".join([f"{record} {n_sig} {fs} 0", *signals]) + "\n")
+    with pytest.raises(ValueError, match=r"WFDB record .*empty.*no samples"):
+        read_wfdb_ecg(empty)
+
+
 @pytest.mark.real_data
 def test_read_wfdb_cinc2021_real_records():
     import wfdb

@@ -75,6 +75,35 @@ def test_extract_reports_missing_columns():
         extract_admission_labs(labevents, admissions, window_hours=0)
 
 
+def test_itemids_absent_from_labevents_are_named_in_a_warning():
+    labevents, admissions = _toy_tables()
+    with pytest.warns(UserWarning, match=r"itemids \[12345, 54321\] never occur"):
+        table = extract_admission_labs(labevents, admissions, itemids=(50912, 12345, 54321), drop_empty=False)
+    assert table[12345].isna().all() and table[50912].notna().any()
+
+
+def test_bad_values_and_unreadable_files_are_named(tmp_path):
+    labevents, admissions = _toy_tables()
+    bad = labevents.astype({"valuenum": object})
+    bad.loc[3, "valuenum"] = "high"
+    bad.to_csv(tmp_path / "labevents.csv", index=False)
+    with pytest.raises(ValueError, match=r"labevents.csv.*'valuenum'.*'high'.*row 3"):
+        extract_admission_labs(tmp_path / "labevents.csv", admissions, itemids=(51221,))
+    late = labevents.copy()
+    late.loc[4, "charttime"] = "yesterday"  # the 4th kept row of itemid 50912, file row 4
+    with pytest.raises(ValueError, match=r"labevents DataFrame.*'charttime'.*'yesterday'.*row 4"):
+        extract_admission_labs(late, admissions, itemids=(50912,))
+    odd = admissions.copy()
+    odd.loc[2, "admittime"] = "soon"
+    with pytest.raises(ValueError, match=r"admissions DataFrame.*'admittime'.*'soon'.*row 2"):
+        extract_admission_labs(labevents, odd, itemids=(50912,))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"labevents file .*empty.csv.*empty"):
+        extract_admission_labs(tmp_path / "empty.csv", admissions)
+    with pytest.raises(ValueError, match=r"admissions file .*empty.csv.*empty"):
+        extract_admission_labs(labevents, tmp_path / "empty.csv")
+
+
 def test_percentiles_are_right_continuous_ecdf_fit_on_train():
     train = np.array([[1.0, np.nan], [2.0, 5.0], [2.0, 7.0], [4.0, np.nan]])
     lp = LabPercentiles.fit(train, itemids=[1, 2])

@@ -68,6 +68,18 @@ def test_errors_name_files(tmp_path):
         ImageMaskDataset(images, tmp_path / "absent", 16)
 
 
+def test_mask_of_another_aspect_ratio_is_refused_not_stretched(tmp_path):
+    images, masks = write_pairs(tmp_path)  # 40 x 30 images
+    half = np.zeros((20, 15), dtype=np.uint8)
+    half[:10] = 255
+    Image.fromarray(half).save(masks / "A_0001_0.png")  # same aspect ratio, half resolution: resized
+    assert ImageMaskDataset(images, masks, 16)[0]["mask"][0, :7].all()
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(masks / "A_0002_1.png")
+    ds = ImageMaskDataset(images, masks, 16)
+    with pytest.raises(ValueError, match=r"masks/A_0002_1.png.*\(40, 40\).*cxr/A_0002_1.png.*\(40, 30\)"):
+        ds[1]
+
+
 def test_montgomery_name_helpers():
     assert montgomery_label("MCUCXR_0001_0.png") == 0 and montgomery_label(Path("x/MCUCXR_0104_1.png")) == 1
     assert montgomery_patient_id("MCUCXR_0104_1.png") == "MCUCXR_0104"

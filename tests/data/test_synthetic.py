@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from pacx.data import synthetic as syn
+from pacx.data.synthetic import cohort as cohort_module
 from pacx.data.synthetic import make_cohort
 
 N, SIZE = 360, 32
@@ -195,8 +197,8 @@ def test_same_seed_identical_other_seed_different(tmp_path: Path, cohort: Path) 
 
 def test_cache_hit_does_not_regenerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = syn._generate
-    monkeypatch.setattr(syn, "_generate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = cohort_module._generate
+    monkeypatch.setattr(cohort_module, "_generate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     first = make_cohort(tmp_path, n_patients=120, image_size=16, seed=0)
     mtime = (first / "cohort.json").stat().st_mtime_ns
     assert make_cohort(tmp_path, n_patients=120, image_size=16, seed=0) == first
@@ -214,14 +216,41 @@ def test_cache_hit_does_not_regenerate(tmp_path: Path, monkeypatch: pytest.Monke
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])  # no temp leftovers
 
 
+def test_cohort_folder_is_as_readable_as_the_umask_allows(cohort: Path) -> None:
+    """The cohort is published from a temporary folder: it must not keep mkdtemp's 0o700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(cohort.stat().st_mode) == 0o777 & ~umask
+
+
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(syn, "simulate_ecg", boom)
+    monkeypatch.setattr(cohort_module, "simulate_ecg", boom)
     with pytest.raises(KeyboardInterrupt):
         make_cohort(tmp_path, n_patients=120, image_size=16, seed=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cxr_corpus_layout_cache_and_force(tmp_path: Path) -> None:
+    root = syn.make_cxr_corpus(tmp_path, {"probe_val": 40, "probe_test": 30}, image_size=16, seed=1, kind="prior")
+    meta = json.loads((root / "cohort.json").read_text())
+    assert root.name == f"corpus_{meta['params_hash']}" and meta["splits"] == {"probe_val": 40, "probe_test": 30}
+    hadm = _load(root, "probe_test", "hadm_id")
+    assert _load(root, "probe_test", "cxr").shape == (30, 3, 16, 16) and hadm.min() >= 40_000_000
+    assert not (root / "data_npy" / "probe_test" / "ecg_probe_test.npy").exists()
+    mtime = (root / "cohort.json").stat().st_mtime_ns
+    assert syn.make_cxr_corpus(tmp_path, {"probe_val": 40, "probe_test": 30}, 16, 1, "prior") == root
+    assert (root / "cohort.json").stat().st_mtime_ns == mtime  # cache hit: not regenerated
+    assert syn.make_cxr_corpus(tmp_path, {"probe_val": 40, "probe_test": 30}, 16, 1, "prior", force=True) == root
+    assert (root / "cohort.json").stat().st_mtime_ns != mtime
+    np.testing.assert_array_equal(_load(root, "probe_test", "hadm_id"), hadm)
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no temp or trash leftovers
+    with pytest.raises(ValueError, match="kind"):
+        syn.make_cxr_corpus(tmp_path, {"probe_val": 4}, kind="cohort")
+    with pytest.raises(ValueError, match=r"split_sizes\['probe_val'\]"):
+        syn.make_cxr_corpus(tmp_path, {"probe_val": 0})
 
 
 @pytest.mark.parametrize(

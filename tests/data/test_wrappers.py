@@ -74,3 +74,16 @@ def test_load_teacher_embeddings(tmp_path):
     np.save(folder / "labs.npy", np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match="different row counts"):
         load_teacher_embeddings(tmp_path, "train")
+
+
+def test_memory_mapped_teacher_embeddings_convert_to_torch_without_touching_the_file(tmp_path):
+    # torch.from_numpy on a read-only memory map warns "The given NumPy array is not writable"
+    # (once per process, so the flag is what is checked here) for every caller converting them.
+    folder = tmp_path / "teachers" / "test"
+    folder.mkdir(parents=True)
+    np.save(folder / "ecg.npy", np.arange(8, dtype=np.float32).reshape(2, 4))
+    ecg = load_teacher_embeddings(tmp_path, "test")["ecg"]
+    assert isinstance(ecg, np.memmap) and ecg.flags.writeable
+    tensor = torch.from_numpy(ecg)
+    tensor[0, 0] = 100.0  # copy-on-write: the process's pages change, never the cached file
+    assert np.load(folder / "ecg.npy")[0, 0] == 0.0

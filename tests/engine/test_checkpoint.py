@@ -74,6 +74,28 @@ def test_save_layout_latest_and_pruning(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_3"
 
 
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    model = nn.Linear(3, 2)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model.state_dict(), {"step": step}, {"epoch": 0})
+    weights = tmp_path / "step_3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])  # a copy cut short: every file is still present
+    with pytest.warns(UserWarning, match=r"step_3 is incomplete or damaged \(model.safetensors: \d+ bytes"):
+        assert latest_checkpoint(tmp_path).name == "step_2"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_1", "step_2"]
+    (tmp_path / "step_2" / "trainer_state.json").write_text('{"step": ')
+    (tmp_path / "latest").unlink()  # no pointer: the newest folders are checked in turn
+    with pytest.warns(UserWarning, match="is incomplete or damaged") as record:
+        assert resolve_checkpoint(tmp_path).name == "step_1"
+    assert sorted(Path(str(w.message).split()[1]).name for w in record) == ["step_2", "step_3"]
+    with pytest.raises(FileNotFoundError, match="incomplete or damaged: model.safetensors"):
+        resolve_checkpoint(tmp_path / "step_3")
+    header = tmp_path / "step_1" / "model.safetensors"
+    header.write_bytes(b"\x10" + header.read_bytes()[1:])  # a header length that runs past the file
+    with pytest.warns(UserWarning):
+        assert latest_checkpoint(tmp_path) is None
+
+
 def test_tied_weights_are_saved(tmp_path):
     emb = nn.Embedding(4, 3)
     head = nn.Linear(3, 4, bias=False)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,20 +10,35 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pacx.engine import Trainer, TrainerConfig, load_checkpoint, make_loader, seed_everything, unwrap_model
+import pacx.engine.trainer as trainer_module
+from pacx.engine import (
+    Trainer,
+    TrainerConfig,
+    list_checkpoints,
+    load_checkpoint,
+    make_loader,
+    resolve_checkpoint,
+    seed_everything,
+    unwrap_model,
+)
 from pacx.io import load_safetensors
 from tests.engine._toy import DropoutMLP, NoisyRegression, regression_step
 
 FAST = dict(progress=False, tensorboard=False, log_every=1)
 
 
-def _fit(tmp_path, name, cfg, model_seed=0, batch_size=4, **fit_kwargs):
+def _fit(tmp_path, name, cfg, model_seed=0, batch_size=4, run_config=None, step_fn=regression_step, **fit_kwargs):
     seed_everything(model_seed)
     model = DropoutMLP()
     loader = make_loader(NoisyRegression(n=24), batch_size, seed=1)
-    trainer = Trainer(cfg, tmp_path / name, run_config={"stage": "toy"})
-    result = trainer.fit(model, loader, regression_step, **fit_kwargs)
+    trainer = Trainer(cfg, tmp_path / name, run_config=run_config or {"stage": "toy"})
+    result = trainer.fit(model, loader, step_fn, **fit_kwargs)
     return model, result
+
+
+def _csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_same_seed_same_weights_on_cpu(tmp_path):
@@ -138,3 +154,183 @@ def test_unwrap_model():
     assert unwrap_model(model) is model
     compiled = torch.compile(model, backend="eager")
     assert unwrap_model(compiled) is model
+
+
+# ----------------------------------------------------------------------------------------
+# validation and the best checkpoint
+
+
+def _walk_fit(tmp_path, cfg, step_fn=None, resume=None):
+    """w (one weight, from 0) walks towards 3 on the training data, about lr per step; the
+    validation target is 1, so the validation loss (w - 1)^2 is lowest after epoch 1."""
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    train = DataLoader(TensorDataset(torch.ones(4, 1), torch.full((4, 1), 3.0)), batch_size=1)
+    val = DataLoader(TensorDataset(torch.ones(3, 1), torch.ones(3, 1)), batch_size=2)
+
+    def walk_step(m, batch):
+        x, y = batch
+        return F.mse_loss(m(x), y), {"w": unwrap_model(m).weight.reshape(())}
+
+    trainer = Trainer(cfg, tmp_path / "walk")
+    return model, trainer.fit(model, train, step_fn or walk_step, resume=resume, val_loader=val)
+
+
+WALK = dict(epochs=3, lr=0.25, weight_decay=0.0, min_lr_ratio=1.0, save_every=4, keep_last=3, **FAST)
+
+
+def test_best_checkpoint_holds_the_lowest_validation_epoch(tmp_path):
+    model, result = _walk_fit(tmp_path, TrainerConfig(**WALK))
+    out = tmp_path / "walk"
+    val = {int(r["step"]): (float(r["val_loss"]), float(r["val_w"])) for r in _csv(out / "logs" / "metrics.csv")
+           if r["val_loss"]}
+    assert sorted(val) == [4, 8, 12]
+    assert val[4][0] < val[8][0] < val[12][0]  # w passed 1 in epoch 1, then moved away
+    assert result["best"] == {"step": 4, "epoch": 1, "val_loss": val[4][0], "dir": str(out / "best")}
+    best_weights = load_safetensors(out / "best" / "model.safetensors")["weight"]
+    assert torch.equal(best_weights, load_checkpoint(out / "checkpoints" / "step_4").model_state["weight"])
+    assert not torch.equal(best_weights, model.weight.detach())
+    assert val[4] == pytest.approx(((best_weights.item() - 1) ** 2, best_weights.item()), rel=1e-6)
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["best"] == {"step": 4, "epoch": 1, "val_loss": val[4][0]} and config["format"] == "pacx-final/1"
+    assert result["metrics"]["val_loss"] == val[12][0]
+
+
+def test_resume_keeps_the_best(tmp_path):
+    calls = 0
+
+    def crashing_step(m, batch):
+        nonlocal calls
+        calls += torch.is_grad_enabled()  # training calls only: validation runs step_fn too
+        if calls == 10:  # in epoch 3, after the step-8 checkpoint
+            raise RuntimeError("simulated crash")
+        x, y = batch
+        return F.mse_loss(m(x), y), {}
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _walk_fit(tmp_path, TrainerConfig(**WALK), step_fn=crashing_step)
+    best_before = (tmp_path / "walk" / "best" / "model.safetensors").read_bytes()
+    assert resolve_checkpoint("latest", tmp_path / "walk").name == "step_8"
+    _, result = _walk_fit(tmp_path, TrainerConfig(**WALK), resume="latest")
+    assert result["step"] == 12 and result["best"]["step"] == 4 and result["best"]["epoch"] == 1
+    assert (tmp_path / "walk" / "best" / "model.safetensors").read_bytes() == best_before
+
+
+def test_validation_is_weighted_by_batch_size_and_leaves_training_unchanged(tmp_path):
+    seen = []
+
+    def val_step(m, batch):  # val loss = mean of 0..7 over the samples = 3.5, whatever the batching
+        seen.append((m.training, m.net[3].training, torch.is_grad_enabled()))
+        x = batch[0].float()
+        return x.mean(), {"double": 2 * x.mean()}
+
+    # shuffle=True without a generator: each pass draws from the global torch RNG
+    val = DataLoader(TensorDataset(torch.arange(8)), batch_size=3, shuffle=True)
+    cfg = TrainerConfig(epochs=3, lr=1e-2, validate_every=2, **FAST)
+    with_val, result = _fit(tmp_path, "val", cfg, val_loader=val, val_step_fn=val_step)
+    without_val, plain = _fit(tmp_path, "plain", cfg)
+    for key, value in without_val.state_dict().items():
+        assert torch.equal(with_val.state_dict()[key], value), key
+    assert set(seen) == {(False, False, False)} and len(seen) == 2 * 3  # two passes of three batches
+    assert with_val.training and with_val.net[3].training  # training mode is back
+    rows = {int(r["step"]): r for r in _csv(tmp_path / "val" / "logs" / "metrics.csv")}
+    assert [s for s, r in rows.items() if r["val_loss"]] == [12, 18]  # every 2nd epoch and the last step
+    assert float(rows[12]["val_loss"]) == 3.5 and float(rows[12]["val_double"]) == 7.0
+    assert rows[12]["loss"] and rows[12]["lr"]  # one row per step: train and val scalars together
+    assert result["best"]["step"] == 12 and plain["best"] is None
+
+
+def test_progress_names_the_stage_and_epoch(tmp_path, monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.descriptions, self.postfixes = [kwargs["desc"]], []
+            bars.append(self)
+
+        def set_description(self, desc, refresh=True):
+            self.descriptions.append(desc)
+
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            self.postfixes.append({**(ordered_dict or {}), **kwargs})
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(trainer_module, "tqdm", Bar)
+    val = DataLoader(NoisyRegression(n=4), batch_size=2)
+    _fit(tmp_path, "bar", TrainerConfig(epochs=2, lr=1e-2, name="distill", log_every=3, progress=True,
+                                         tensorboard=False), val_loader=val)
+    assert bars[0].descriptions == ["distill", "distill epoch 1/2", "distill epoch 2/2"]
+    assert set(bars[0].postfixes[0]) == {"loss"} and set(bars[0].postfixes[-1]) == {"loss", "val_loss"}
+
+
+# ----------------------------------------------------------------------------------------
+# failures: non-finite losses, reruns, changed configurations, damaged checkpoints
+
+
+def test_nan_between_log_steps_never_reaches_a_checkpoint(tmp_path):
+    calls = 0
+
+    def nan_at_step_5(model, batch):
+        nonlocal calls
+        calls += 1
+        loss, logs = regression_step(model, batch)
+        return (loss * float("nan") if calls == 5 else loss), logs
+
+    cfg = TrainerConfig(epochs=2, lr=1e-2, save_every=2, keep_last=1, log_every=100, progress=False,
+                        tensorboard=False)
+    with pytest.raises(FloatingPointError, match="loss is nan at a step between 5 and 6"):
+        _fit(tmp_path, "run", cfg, step_fn=nan_at_step_5)
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_4"]  # the step-6 save was refused, step 4 kept
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpts[0]).model_state.values())
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_fresh_run_owns_the_checkpoint_folder(tmp_path):
+    _fit(tmp_path, "run", TrainerConfig(epochs=2, lr=1e-2, save_every=2, keep_last=2, **FAST))  # steps 2..12
+    short = TrainerConfig(epochs=1, lr=5e-3, max_steps=4, save_every=2, keep_last=2, **FAST)
+    _fit(tmp_path, "run", short)  # a rerun after a config change, not a resume
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step_2", "step_4"]  # not outranked by step 12
+    latest = resolve_checkpoint("latest", tmp_path / "run")
+    assert latest.name == "step_4" and load_checkpoint(latest).meta["trainer"]["lr"] == 5e-3
+    previous = [p for p in ckpt_dir.iterdir() if p.name.startswith("previous_")]
+    assert len(previous) == 1 and [p.name for p in list_checkpoints(previous[0])] == ["step_10", "step_12"]
+    _, again = _fit(tmp_path, "run", short, resume="latest")  # the rerun's own checkpoint
+    assert again["step"] == 4
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path):
+    cfg = dict(epochs=2, lr=1e-2, max_steps=3, **FAST)
+    _fit(tmp_path, "run", TrainerConfig(**cfg))
+    with pytest.raises(ValueError, match="configuration changed") as err:
+        _fit(tmp_path, "run", TrainerConfig(**{**cfg, "lr": 2e-2, "epochs": 3}), resume="latest")
+    assert "epochs: saved 2, current 3" in str(err.value) and "lr: saved 0.01, current 0.02" in str(err.value)
+    with pytest.raises(ValueError, match=r"batch_size \(global\): saved 4, current 8"):
+        _fit(tmp_path, "run", TrainerConfig(**cfg), batch_size=8, resume="latest")
+    with pytest.raises(ValueError, match="run_config.stage: saved 'toy', current 'other'"):
+        _fit(tmp_path, "run", TrainerConfig(**cfg), run_config={"stage": "other"}, resume="latest")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["trainer"]["lr"] == 1e-2  # nothing written
+    free = {"log_every": 2, "keep_last": 3, "save_every": 5, "name": "again", "validate_every": 2}
+    _, result = _fit(tmp_path, "run", TrainerConfig(**{**cfg, **free}), resume="latest")
+    assert result["step"] == 3
+
+
+def test_resume_skips_a_damaged_checkpoint(tmp_path):
+    cfg = TrainerConfig(epochs=1, lr=1e-2, save_every=2, keep_last=3, **FAST)
+    reference, _ = _fit(tmp_path, "reference", cfg)
+    _fit(tmp_path, "run", cfg)
+    weights = tmp_path / "run" / "checkpoints" / "step_6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-5])  # e.g. a copy cut short
+    with pytest.warns(UserWarning, match=r"step_6 is incomplete or damaged \(model.safetensors: "):
+        resumed, result = _fit(tmp_path, "run", cfg, resume="latest")
+    assert result["step"] == 6
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert Path(resolved["resumed_from"]).name == "step_4"
+    for key, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key

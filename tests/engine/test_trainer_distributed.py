@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pacx.engine import Trainer, TrainerConfig, distributed_context, make_loader, seed_everything
+from pacx.engine import Trainer, TrainerConfig, distributed_context, make_loader, seed_everything, unwrap_model
 from tests.engine._toy import PairDataset, TinyContrastive, contrastive_step, state_numpy
 from tests.utils import run_distributed
 
@@ -47,6 +47,26 @@ def _fit_toy(out_dir: Path) -> dict:
     loader = make_loader(PairDataset(n=32), GLOBAL_BATCH, shuffle=True, seed=5)
     result = Trainer(TrainerConfig(max_steps=3, **TRAINER), out_dir).fit(model, loader, contrastive_step)
     return {"weights": state_numpy(model), "loss": result["metrics"]["loss"]}
+
+
+def _val_step(model, batch):
+    # Per-sample terms only, so the mean over the validation set does not depend on how the
+    # samples are split into batches and ranks.
+    z = unwrap_model(model).enc_a(batch["a"])
+    return (z**2).mean(), {"first": z[:, 0].mean()}
+
+
+def _fit_toy_validated(out_dir: Path) -> dict:
+    seed_everything(0)
+    model = TinyContrastive().double()
+    loader = make_loader(PairDataset(n=32), GLOBAL_BATCH, shuffle=True, seed=5)
+    # 10 samples: 5 per rank in batches of 2, 2, 1; one process: 4, 4, 2
+    val = make_loader(PairDataset(n=10, seed=3), 4, shuffle=False, drop_last=False)
+    result = Trainer(TrainerConfig(max_steps=3, **TRAINER), out_dir).fit(
+        model, loader, contrastive_step, val_loader=val, val_step_fn=_val_step
+    )
+    metrics = result["metrics"]
+    return {"weights": state_numpy(model), "val": (metrics["val_loss"], metrics["val_first"]), "best": result["best"]}
 
 
 class _DistillerData(torch.utils.data.Dataset):
@@ -92,6 +112,7 @@ def _worker(rank: int, world_size: int, tmp: str) -> dict:
         out = {"context": (info.rank, info.world_size)}
     out["group_still_initialised"] = torch.distributed.is_initialized()
     out.update(raw=_raw_one_step(local, ddp=True), toy=_fit_toy(Path(tmp) / "toy"))
+    out["validated"] = _fit_toy_validated(Path(tmp) / "validated")
     if HAS_DISTILLER:
         out["distiller"] = _fit_distiller(Path(tmp) / "distiller")
     return out
@@ -131,6 +152,16 @@ def test_trainer_two_ranks_equals_one_rank(two_ranks, tmp_path):
     _assert_close(results[1]["toy"]["weights"], single["weights"])
     assert results[0]["toy"]["loss"] == pytest.approx(single["loss"], abs=1e-10)  # logged loss: mean over ranks
     assert (tmp / "toy" / "final" / "model.safetensors").is_file()  # rank 0 wrote it
+
+
+def test_validation_two_ranks_equals_one_rank(two_ranks, tmp_path):
+    results, tmp = two_ranks
+    single = _fit_toy_validated(tmp_path / "single")
+    for rank_result in results:  # every rank gets the mean over all validation samples
+        _assert_close(rank_result["validated"]["weights"], single["weights"])
+        assert rank_result["validated"]["val"] == pytest.approx(single["val"], abs=1e-10)
+        assert rank_result["validated"]["best"]["step"] == single["best"]["step"] == 3
+    assert (tmp / "validated" / "best" / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(not HAS_DISTILLER, reason="pacx.nets.PaCXDistiller not available")

@@ -10,7 +10,13 @@ import torch
 from PIL import Image
 
 from pacx.data.transforms import normalize_imagenet
-from pacx.eval.figures import plot_low_data_curves, plot_mae_reconstruction, plot_rollout_overlays, plot_training_curves
+from pacx.eval.figures import (
+    _curve_panels,
+    plot_low_data_curves,
+    plot_mae_reconstruction,
+    plot_rollout_overlays,
+    plot_training_curves,
+)
 
 
 def _phantom(n: int = 2, size: int = 32) -> torch.Tensor:
@@ -69,3 +75,18 @@ def test_training_curves(tmp_path):
     _check_png(plot_training_curves(csv, tmp_path / "curves.png"))
     with pytest.raises(ValueError, match="not in"):
         plot_training_curves(csv, tmp_path / "x.png", columns=["nope"])
+
+
+def test_training_curves_put_train_and_validation_on_the_same_axes(tmp_path):
+    # As the Trainer writes it: a row per log step, val_* columns filled at epoch ends only.
+    rows = ["step,loss,lr,epoch,val_loss"]
+    for step in range(1, 13):
+        val = f"{1.0 + 0.1 * step:.3f}" if step % 4 == 0 else ""
+        rows.append(f"{step},{2.0 / step:.4f},{1e-3:.6f},{step / 4},{val}")
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    assert _curve_panels(["loss", "lr", "val_loss"]) == {"loss": {"train": "loss", "val": "val_loss"}, "lr": {"train": "lr"}}
+    assert _curve_panels(["val/auroc", "train/loss"]) == {"auroc": {"val": "val/auroc"}, "loss": {"train": "train/loss"}}
+    _check_png(plot_training_curves(csv, tmp_path / "curves.png"))
+    with pytest.raises(ValueError, match="x column 'time'"):
+        plot_training_curves(csv, tmp_path / "x.png", x="time")

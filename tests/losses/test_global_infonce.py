@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 from pacx.losses import GlobalInfoNCE
 from pacx.losses.global_infonce import global_infonce
+from tests.losses._host_sync import forbid_host_sync
 from tests.losses._infonce_reference import reference_infonce
 
 
@@ -104,11 +105,12 @@ def test_learnable_scale_receives_gradient_inside_range() -> None:
     assert fn.logit_scale.grad is not None and fn.logit_scale.grad.abs().item() > 0
 
 
-def test_gradcheck_inputs_and_logit_scale() -> None:
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_gradcheck_inputs_and_logit_scale(label_smoothing: float) -> None:
     a, b = _pair(batch=4, dim=3, seed=6)
     a.requires_grad_(True)
     b.requires_grad_(True)
-    fn = GlobalInfoNCE(temperature=0.2, label_smoothing=0.1).double()
+    fn = GlobalInfoNCE(temperature=0.2, label_smoothing=label_smoothing).double()
     log_scale = torch.tensor(math.log(5.0), dtype=torch.float64, requires_grad=True)  # inside [1, 100]
 
     def loss_of(a_in: torch.Tensor, b_in: torch.Tensor, log_scale_in: torch.Tensor) -> torch.Tensor:
@@ -224,16 +226,78 @@ def test_functional_accepts_float_or_tensor_scale() -> None:
         (torch.randn(4, 3), torch.randn(4, 3, 1), "b must be 2-D"),
         (torch.randn(4, 3), torch.randn(5, 3), r"same shape.*\(4, 3\).*\(5, 3\)"),
         (torch.randn(4, 3), torch.randn(4, 2), r"same shape.*\(4, 3\).*\(4, 2\)"),
-        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), torch.randn(2, 2), "a must contain only finite"),
-        (torch.randn(2, 2), torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), "b must contain only finite"),
         (torch.randn(1, 3), torch.randn(1, 3), "at least 2 candidates.*got 1"),
         (torch.randn(0, 3), torch.randn(0, 3), "at least 2 candidates.*got 0"),
         (torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 3, dtype=torch.int64), "floating point"),
     ],
 )
 def test_forward_errors(a: torch.Tensor, b: torch.Tensor, match: str) -> None:
+    for check_finite in (False, True):  # shape errors need no device value: raised either way
+        with pytest.raises(ValueError, match=match):
+            GlobalInfoNCE(check_finite=check_finite)(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), torch.randn(2, 2), "a must contain only finite"),
+        (torch.randn(2, 2), torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), "b must contain only finite"),
+    ],
+)
+def test_check_finite_raises_on_non_finite_inputs(a: torch.Tensor, b: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        GlobalInfoNCE()(a, b)
+        GlobalInfoNCE(check_finite=True)(a, b)
+    with pytest.raises(ValueError, match=match):
+        global_infonce(a, b, 10.0, check_finite=True)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_inputs_give_a_non_finite_loss_without_check(normalize: bool, label_smoothing: float, bad: float) -> None:
+    # The default path reads no device value, so a bad input must show in the loss itself (never a finite,
+    # silently wrong value). Cases: one entry of a or of b; a whole row; an Inf facing a zero in its pair.
+    fn = GlobalInfoNCE(label_smoothing=label_smoothing, normalize=normalize).double()
+    for which in ("a", "b"):
+        for place in ((1, 2), (3, slice(None))):
+            a, b = _pair(seed=20)
+            (a if which == "a" else b)[place] = bad
+            assert not torch.isfinite(fn(a, b)), (which, place)
+    a, b = _pair(seed=21)
+    a[0, 0], b[0, 0] = bad, 0.0
+    assert not torch.isfinite(fn(a, b))
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, float("nan"), float("inf")])
+def test_bad_tensor_scale_gives_a_non_finite_loss_without_check(scale: float) -> None:
+    a, b = _pair(seed=22)
+    assert not torch.isfinite(global_infonce(a, b, torch.tensor(scale, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="scale must be finite and positive"):
+        global_infonce(a, b, torch.tensor(scale, dtype=torch.float64), check_finite=True)
+
+
+def test_forbid_host_sync_detects_reads() -> None:
+    x = torch.ones(3)
+    probes = [lambda: x.sum().item(), lambda: bool(x.sum() > 0), lambda: x.tolist(), lambda: torch.tensor([1.0]),
+              lambda: torch.nonzero(x), lambda: float(x.sum())]
+    with forbid_host_sync():
+        for probe in probes:
+            with pytest.raises(AssertionError, match="host sync"):
+                probe()
+
+
+@pytest.mark.parametrize("return_diagnostics", [False, True])
+def test_forward_and_backward_read_no_device_value(return_diagnostics: bool) -> None:
+    fn = GlobalInfoNCE(label_smoothing=0.1)
+    a, b = _pair(batch=8, dim=4, seed=23, dtype=torch.float32)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    with forbid_host_sync():
+        out = fn(a, b, return_diagnostics=return_diagnostics)
+        loss = out[0] if return_diagnostics else out
+        loss.backward()
+        global_infonce(a.detach(), b.detach(), 5.0)  # a float scale must not become a host-built tensor either
+    assert a.grad is not None and fn.logit_scale.grad is not None
 
 
 @pytest.mark.parametrize(
@@ -268,7 +332,7 @@ def test_functional_errors() -> None:
 
 def test_repr_lists_options() -> None:
     text = repr(GlobalInfoNCE(label_smoothing=0.0))
-    assert "label_smoothing=0.0" in text and "max_logit_scale=100.0" in text
+    assert "label_smoothing=0.0" in text and "max_logit_scale=100.0" in text and "check_finite=False" in text
 
 
 def test_large_batch_loss_is_near_log_batch_for_random_embeddings() -> None:
@@ -293,3 +357,18 @@ def test_row_chunking_does_not_change_loss_or_gradients(monkeypatch: pytest.Monk
     a.requires_grad_(True)
     b.requires_grad_(True)
     assert torch.autograd.gradcheck(fn, (a, b), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_compiles_as_one_graph_without_host_reads() -> None:
+    # A host read (the old per-call .tolist()) would break the graph: fullgraph=True turns that into an error.
+    fn = GlobalInfoNCE(label_smoothing=0.1)
+    a, b = _pair(batch=8, dim=4, seed=24, dtype=torch.float32)
+    a.requires_grad_(True)
+    expected = fn(a, b)
+    expected.backward()
+    grad, a.grad = a.grad, None
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)
+    got = compiled(a, b)
+    got.backward()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(a.grad, grad, rtol=0, atol=0)

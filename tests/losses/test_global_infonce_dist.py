@@ -117,7 +117,10 @@ def _worker_errors(rank: int, world_size: int) -> dict[str, object]:
     a = torch.randn(3, 4, generator=gen)
     if rank == 1:
         a[0, 0] = float("nan")
-    out["nonfinite"] = _raises(fn, a, torch.randn(3, 4, generator=gen))
+    b = torch.randn(3, 4, generator=gen)
+    out["nonfinite"] = _raises(GlobalInfoNCE(check_finite=True), a, b)
+    # Without the check no rank reads a device value: the NaN reaches every rank's loss through the gather.
+    out["nonfinite_unchecked"] = fn(a, b).item()
     out["empty"] = _raises(fn, torch.randn(0, 4), torch.randn(0, 4))
     # One row per rank still gives 2 candidates in total: allowed.
     out["one_row_each"] = fn(torch.randn(1, 4, generator=gen), torch.randn(1, 4, generator=gen)).item()
@@ -129,5 +132,6 @@ def test_collective_errors_raise_on_every_rank(dist_results: list[dict[str, obje
         assert "same (batch, dim) on every rank" in result["batch"] and "[(3, 4), (4, 4)]" in result["batch"]
         assert "[(3, 4), (3, 5)]" in result["dim"]
         assert "a must contain only finite values" in result["nonfinite"] and "rank(s) [1]" in result["nonfinite"]
+        assert math.isnan(result["nonfinite_unchecked"])
         assert "at least 2 candidates" in result["empty"]
         assert math.isfinite(result["one_row_each"])

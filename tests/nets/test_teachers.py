@@ -1,4 +1,4 @@
-"""Tests for pacx.nets.teachers: registry, frozen semantics, ECG / lab teachers and embedding extraction."""
+"""Tests for pacx.nets.teachers: frozen semantics, ECG / lab teachers and embedding extraction."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from pacx.nets import (
     LabDAE,
     LabTeacher,
     Teacher,
-    build_teacher,
     compute_teacher_embeddings,
-    list_teachers,
     net1d_small,
-    register_teacher,
 )
-from pacx.nets.teachers import TEACHERS
 
 
 class _Toy(Teacher):
@@ -37,13 +33,6 @@ class _Toy(Teacher):
         return self.mlp(inputs["toy"].float())
 
 
-@pytest.fixture
-def toy_registered():
-    register_teacher("toy_test")(_Toy)
-    yield "toy_test"
-    TEACHERS.pop("toy_test", None)
-
-
 class _DictDataset(Dataset):
     def __init__(self, n: int) -> None:
         g = torch.Generator().manual_seed(0)
@@ -58,53 +47,30 @@ class _DictDataset(Dataset):
         return {"labs": self.labs[i], "labs_observed": self.observed[i], "ecg": self.ecg[i], "index": i}
 
 
-# ---------------------------------------------------------------- registry
+# ---------------------------------------------------------------- the two built-in wrappers and a third
 
 
-def test_builtin_teachers_registered() -> None:
-    assert {"ecg", "labs"} <= set(list_teachers())
-    assert list_teachers() == sorted(list_teachers())
-    assert ECGTeacher.name == "ecg" and LabTeacher.name == "labs"
-    teacher = build_teacher("labs", dae=LabDAE())
-    assert isinstance(teacher, LabTeacher) and teacher.embed_dim == 256 and teacher.is_frozen
-    assert build_teacher("ecg", net=net1d_small(n_classes=0)).embed_dim == 128
+def test_builtin_teacher_modules() -> None:
+    teacher = LabTeacher(LabDAE())
+    assert teacher.embed_dim == 256 and teacher.is_frozen and teacher.required_keys == ("labs", "labs_observed")
+    assert ECGTeacher(net1d_small(n_classes=0)).embed_dim == 128
 
 
-def test_toy_third_teacher_end_to_end(toy_registered: str) -> None:
-    assert toy_registered in list_teachers()
-    teacher = build_teacher(toy_registered, dim=5)
-    assert teacher.name == toy_registered and teacher.embed_dim == 5
+def test_lab_teacher_reads_the_keys_it_is_given() -> None:
+    dae = LabDAE(num_labs=7, latent_dim=16, hidden_dim=32)
+    teacher = LabTeacher(dae, value_key="vitals", observed_key="vitals_observed")
+    values, observed = torch.rand(3, 7), (torch.rand(3, 7) > 0.5).float()
+    out = teacher.embed({"vitals": values, "vitals_observed": observed})
+    assert torch.equal(out, dae.encode(values, observed))
+    with pytest.raises(ValueError, match="vitals"):
+        teacher.embed({"labs": values, "labs_observed": observed})
+
+
+def test_toy_third_teacher_end_to_end() -> None:
+    teacher = _Toy(dim=5)
     batches = [{"toy": torch.randn(3, 4)} for _ in range(2)]
     out = compute_teacher_embeddings(teacher, batches)
     assert out.shape == (6, 5) and out.dtype == np.float32
-
-
-def test_register_rejects_bad_use(toy_registered: str) -> None:
-    with pytest.raises(ValueError, match="already used"):
-
-        @register_teacher(toy_registered)
-        class Other(Teacher):
-            pass
-
-    @register_teacher(toy_registered, overwrite=True)
-    class Replacement(Teacher):
-        pass
-
-    assert TEACHERS[toy_registered] is Replacement
-    register_teacher(toy_registered, overwrite=True)(_Toy)
-    register_teacher(toy_registered)(_Toy)  # re-registering the same class is a no-op
-
-    with pytest.raises(ValueError, match="Teacher subclass"):
-        register_teacher("not_a_teacher")(nn.Linear)
-    for bad in ("", "has space", "a/b", 3):
-        with pytest.raises(ValueError, match="name must match"):
-            register_teacher(bad)
-    assert "not_a_teacher" not in TEACHERS
-
-
-def test_build_unknown_teacher_lists_registered() -> None:
-    with pytest.raises(ValueError, match=r"unknown teacher 'nope'.*'ecg'.*'labs'"):
-        build_teacher("nope")
 
 
 # ---------------------------------------------------------------- frozen semantics
@@ -143,8 +109,8 @@ def test_unfreeze_restores_training() -> None:
     assert not LabTeacher(LabDAE(), frozen=False).is_frozen
 
 
-def test_toy_teacher_bn_stats_do_not_drift(toy_registered: str) -> None:
-    teacher = build_teacher(toy_registered)
+def test_toy_teacher_bn_stats_do_not_drift() -> None:
+    teacher = _Toy()
     wrapper = nn.Sequential(teacher)
     wrapper.train()
     bn = teacher.mlp[1]
@@ -227,7 +193,7 @@ def test_compute_embeddings_in_order() -> None:
         np.testing.assert_allclose(out_ecg, ecg.net.forward_features(data.ecg).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_compute_embeddings_edge_cases(toy_registered: str) -> None:
+def test_compute_embeddings_edge_cases() -> None:
     teacher = LabTeacher(LabDAE())
     assert compute_teacher_embeddings(teacher, []).shape == (0, 256)
     with pytest.raises(ValueError, match="shuffles"):
@@ -237,7 +203,7 @@ def test_compute_embeddings_edge_cases(toy_registered: str) -> None:
     with pytest.raises(ValueError, match="must be a Teacher"):
         compute_teacher_embeddings(nn.Linear(2, 2), [])
 
-    nan_teacher = build_teacher(toy_registered)
+    nan_teacher = _Toy()
     with pytest.raises(ValueError, match="batch 1 produced non-finite"):
         compute_teacher_embeddings(nan_teacher, [{"toy": torch.zeros(2, 4)}, {"toy": torch.full((2, 4), float("nan"))}])
 

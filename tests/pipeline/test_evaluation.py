@@ -14,7 +14,7 @@ from pacx.pipeline.evaluation import LATENT_READOUT_VARIABLES, PROBE_SPLITS, _la
 
 def _context(root: Path, features: dict[str, dict[str, np.ndarray]], ids: dict[str, np.ndarray]):
     return SimpleNamespace(
-        root=root,
+        root=lambda split: root,
         dataset=lambda split: SimpleNamespace(hadm_ids=ids[split]),
         features=lambda name, split: features[name][split],
     )

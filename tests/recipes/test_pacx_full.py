@@ -1,6 +1,6 @@
 """The quick profile end to end, interrupted after two stages and resumed.
 
-One run is killed with SIGKILL once the lab DAE stage has finished; rerunning the same
+One run is killed with SIGKILL once the lab teacher's stage has finished; rerunning the same
 command must skip the finished stages and complete the rest. The finished run is then
 checked: every results.json key the README promises, finite values, and a PaCX backbone that
 plain timm loads.
@@ -41,14 +41,14 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pacx_full")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    marker = out / "lab_dae" / "done.json"
+    marker = out / "teacher_labs" / "done.json"
     deadline = time.monotonic() + 600
     while not marker.exists():
         if first.poll() is not None:
             raise AssertionError("the first run ended before it could be interrupted:\n" + first.stdout.read().decode())
         if time.monotonic() > deadline:
             first.kill()
-            raise AssertionError("lab_dae stage did not finish within 600 s")
+            raise AssertionError("teacher_labs stage did not finish within 600 s")
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
@@ -63,7 +63,7 @@ def finished_run(tmp_path_factory):
 def test_resume_skips_finished_stages(finished_run):
     _, log = finished_run
     assert "mae: outputs for this configuration exist" in log
-    assert "lab_dae: outputs for this configuration exist" in log
+    assert "teacher_labs: outputs for this configuration exist" in log
     assert "distill: running" in log
 
 
@@ -76,7 +76,13 @@ def test_results_json_has_the_promised_keys(finished_run):
     results = json.loads((out / "results.json").read_text())
     assert results["profile"] == "quick" and results["seed"] == 0
     assert results["mask_ratio"] == pytest.approx(0.9)
-    assert {"mae", "distill", "evaluate", "total"} <= set(results["timings"])
+    assert {"data", "mae", "teacher_ecg", "teacher_labs", "teachers", "distill", "variant_shuffled_teachers",
+            "variant_regression_only", "evaluate"} <= set(results["timings"])
+    setting = results["setting_checks"]
+    assert isinstance(setting["passed"], bool) and set(setting["prior"]["detail"]["gain"]) == set(results["tasks"]) - {
+        "lung_segmentation_dice", "lung_segmentation_iou"}
+    assert set(setting["teachers"]["detail"]["reduced_ef"]["teachers"]) == {"ecg", "labs"}
+    assert all(0.0 <= g["pixels"] <= 1.0 for g in setting["pixel_gap"].values())
     kinds = {v["kind"] for v in results["tasks"].values()}
     assert kinds == {"physiology", "anatomy"}
     for name, task in results["tasks"].items():
@@ -91,28 +97,32 @@ def test_results_json_has_the_promised_keys(finished_run):
             assert _finite(row["mae"]) and _finite(row["pacx"])
     assert set(results["alignment"]) == {"ecg", "labs"}
     assert all(_finite(v["pacx"]) and _finite(v["mae"]) for v in results["alignment"].values())
-    assert "regression_only" in results["ablations"]
+    assert {"full_objective", "regression_only", "shuffled_teachers"} <= set(results["ablations"])
+    for task in ("reduced_ef", "fluid_overload", "nodule"):
+        assert _finite(results["tasks"][task]["shuffled_teachers"]["mean"])
+        assert 0.0 <= results["tasks"][task]["p_value_control"] <= 1.0
     assert set(results["latent_readout"]) == {"random", "mae", "pacx", "pixels"}
     for readout in results["latent_readout"].values():
         assert {"ctr", "effusion", "haze"} <= set(readout)
         assert all(_finite(r2) and r2 <= 1.0 for r2 in readout.values())
-    assert len(results["claims"]) >= 4
+    assert len(results["claims"]) == 6 and any("control" in c["claim"] for c in results["claims"])
     text = (out / "results.md").read_text()
     assert "## Main table" in text and "reduced_ef" in text
-    for fig in results["figures"]:
+    assert text.index("## Setting checks") < text.index("## The paper's claims") < text.index("## Main table")
+    for fig in results["figures"]["written"]:
         assert Path(fig).stat().st_size > 5_000
+    assert {"training_distill.png", "training_variant_shuffled_teachers.png"} <= {
+        Path(f).name for f in results["figures"]["written"]}
 
 
 def test_exported_backbone_loads_into_timm(finished_run):
     out, _ = finished_run
     cfg = json.loads((out / "backbones" / "pacx" / "config.json").read_text())
-    model = timm.create_model(cfg["architecture"], num_classes=0, pretrained=False,
-                              checkpoint_path=str(out / "backbones" / "pacx" / "model.safetensors"),
-                              **cfg["model_kwargs"])
-    size = cfg["model_kwargs"]["img_size"]
+    model = timm.create_model(f"local-dir:{out / 'backbones' / 'pacx'}", pretrained=True)  # timm's hub layout
+    size = timm.data.resolve_data_config({}, model=model)["input_size"][-1]
     with torch.no_grad():
         feats = model.eval()(torch.zeros(2, 3, size, size))
-    assert feats.shape == (2, cfg["model_kwargs"]["embed_dim"])
+    assert size == cfg["model_args"]["img_size"] and feats.shape == (2, cfg["model_args"]["embed_dim"])
     # The stage skipped on resume must not have been retrained: the MAE weights predate the PaCX ones.
     assert (out / "backbones" / "mae" / "model.safetensors").stat().st_mtime <= (
         out / "backbones" / "pacx" / "model.safetensors").stat().st_mtime
