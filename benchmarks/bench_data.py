@@ -15,7 +15,7 @@ and three ways of producing a training batch:
 * ``read``: :class:`SymileMIMIC` with resize, no augmentation (the floor of the per-item path);
 * ``per sample``: :class:`SymileMIMIC` + :func:`pacx.data.stage2_train_transform` in the workers;
 * ``batch, on device``: the workers only read the stored rows as they are (uint8 stays uint8) and
-  collate; the batch is copied to ``--device`` and :func:`pacx.data.transforms.stage2_batch_transform`
+  collate; the batch is copied to ``--device`` and :func:`pacx.data.stage2_batch_transform`
   converts, resizes and augments it there (timed up to a device synchronisation).
 
 By default the synthetic cohort is generated once into ``--cache-dir`` (``make_cohort`` at
@@ -56,8 +56,13 @@ from _timing import add_common_args, print_header, print_table, repeat_dataset, 
 
 from torch.utils.data import Dataset  # noqa: E402
 
-from pacx.data import IMAGENET_MEAN, IMAGENET_STD, SymileMIMIC, stage2_train_transform  # noqa: E402
-from pacx.data.transforms import stage2_batch_transform  # noqa: E402
+from pacx.data import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SymileMIMIC,
+    stage2_batch_transform,
+    stage2_train_transform,
+)
 from pacx.data.synthetic import make_cohort  # noqa: E402
 from pacx.engine import make_loader, move_to_device  # noqa: E402
 
@@ -220,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     median = {c: statistics.median(v) for c, v in samples.items()}
+    read_label = "no (read)" if stored == args.image_size else "no (read+resize)"
     for storage, w, mode in configs:
         ips = median[(storage, w, mode)]
         nbytes = np.load(variants[storage] / "data_npy" / SPLIT / f"cxr_{SPLIT}.npy", mmap_mode="r")[0].nbytes
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             "storage": storage,
             "bytes/row": nbytes,
             "workers": w,
-            "stage-2 aug": mode if mode != "read" else ("no (read+resize)" if stored != args.image_size else "no (read)"),
+            "stage-2 aug": mode if mode != "read" else read_label,
             "images/s": ips,
             "vs per sample": ips / per_sample if per_sample else None,
             "uint8 / float32": ips / median[("float32", w, mode)] if storage == "uint8" else None,

@@ -10,7 +10,9 @@ failures (0 = all passed). Small models, so the whole run takes seconds after st
 3. LoRA: merged and unwrapped forms match the unmerged adapter on the device (float32), and
    under bf16 autocast within bf16 precision; ``unwrap_lora`` restores ``nn.Linear``.
 4. PaCXDistiller: a bf16 step on the device is finite, only adapters/norm/heads get gradients.
-5. Trainer: three optimiser steps of a tiny MAE through ``Trainer.fit`` (bf16 autocast, pinned
+5. BatchAugment: the Stage-2 batch augmentation of a uint8 batch on the device matches the CPU
+   for the same generator seed (the draws are made on the host, so they are identical).
+6. Trainer: three optimiser steps of a tiny MAE through ``Trainer.fit`` (bf16 autocast, pinned
    memory, non-blocking copies) finish and write ``final/model.safetensors``.
 
 Run: ``python benchmarks/cuda_smoke.py [--device cuda]`` (also runs on CPU, as a self-test).
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from pacx.adapters import apply_lora, merge_lora, unwrap_lora
+from pacx.data import stage2_batch_transform
 from pacx.engine import Trainer, TrainerConfig, make_loader
 from pacx.losses import GlobalInfoNCE
 from pacx.nets import PaCXDistiller, create_mae
@@ -145,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         return ok, f"loss {loss.item():.4f}, {len(with_grad)} params with grad, frozen ones with grad: {frozen_with_grad[:3]}"
 
     check("PaCXDistiller bf16 step", distiller_step)
+
+    def batch_augment() -> tuple[bool, str]:
+        raw = torch.randint(0, 256, (16, 1, 80, 80), dtype=torch.uint8)
+        outs = [stage2_batch_transform(64, generator=torch.Generator().manual_seed(0))(raw.to(dev)) for dev in
+                (device, torch.device("cpu"))]
+        d = max_diff(*outs)
+        ok = outs[0].device.type == device.type and outs[0].shape == (16, 3, 64, 64) and d < 1e-3
+        return ok, f"max |device - cpu| = {d:.2e} (tol 1e-3), output {tuple(outs[0].shape)} on {outs[0].device}"
+
+    check("BatchAugment device == cpu", batch_augment)
 
     def trainer_fit() -> tuple[bool, str]:
         data = [{"cxr": torch.randn(3, 64, 64)} for _ in range(12)]

@@ -4,7 +4,9 @@
 
 over the teachers ``t`` of ``distill.teachers``, with GlobalInfoNCE (learnable temperature,
 label smoothing, negatives from every rank) and a cosine regression onto each teacher's raw
-embedding. Validated every epoch on the ``val`` split (same loss, no augmentation); the
+embedding. The training batches are augmented on their device (the reference's Stage-2
+augmentations, drawn per image). Validated every epoch on the ``val`` split (same loss, no
+augmentation); the
 checkpoint with the lowest validation loss is exported (``distill.export: best``), as the
 authors do. ``distill.shuffle_teachers`` permutes each teacher's embeddings across patients: the
 control with the teachers' distribution but no patient correspondence.
@@ -22,8 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pacx.data import EmbeddingDataset, SymileMIMIC, load_teacher_embeddings
-from pacx.data.transforms import stage2_train_transform
+from pacx.data import EmbeddingDataset, SymileMIMIC, load_teacher_embeddings, stage2_batch_transform
 from pacx.distributed import is_main_process
 from pacx.engine import Trainer, export_backbone, load_backbone, make_loader
 from pacx.engine.trainer import unwrap_model
@@ -32,8 +33,17 @@ from pacx.pipeline import build_distiller, data_root, mark_done, parse_recipe_ar
 
 
 def distill_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One Stage-2 step: the distiller returns the loss and its terms."""
+    """One Stage-2 step (and the validation step): the distiller returns the loss and its terms."""
     return model(batch["cxr"], batch["teacher_embeddings"])
+
+
+def augmented_step(augment: Any) -> Any:
+    """The training step: the batch is augmented on its device first (``stage2_batch_transform``)."""
+
+    def step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return model(augment(batch["cxr"]), batch["teacher_embeddings"])
+
+    return step
 
 
 def teacher_targets(cfg: dict[str, Any], out: Path, split: str) -> dict[str, np.ndarray]:
@@ -57,8 +67,7 @@ def run(cfg: dict[str, Any], out: str | Path, resume: str | None = None, stage: 
     torch.manual_seed(int(cfg["seed"]))
     model = build_distiller(sec, student, {n: e.shape[1] for n, e in targets["train"].items()})
 
-    augment = stage2_train_transform(size) if sec.get("augment", True) else None
-    train = EmbeddingDataset(SymileMIMIC(root, "train", ("cxr",), size, cxr_transform=augment), targets["train"])
+    train = EmbeddingDataset(SymileMIMIC(root, "train", ("cxr",), size), targets["train"])
     val = EmbeddingDataset(SymileMIMIC(root, "val", ("cxr",), size), targets["val"])
     workers, batch = int(cfg["data"]["num_workers"]), int(sec["batch_size"])
     loader = make_loader(train, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
@@ -66,7 +75,8 @@ def run(cfg: dict[str, Any], out: str | Path, resume: str | None = None, stage: 
     val_loader = make_loader(val, batch_size=batch, shuffle=False, drop_last=False, num_workers=workers)
 
     trainer = Trainer(trainer_config(cfg, sec, stage), out / stage, run_config={"distill": sec})
-    result = trainer.fit(model, loader, distill_step, resume=resume, val_loader=val_loader)
+    step = augmented_step(stage2_batch_transform(size)) if sec.get("augment", True) else distill_step
+    result = trainer.fit(model, loader, step, resume=resume, val_loader=val_loader, val_step_fn=distill_step)
     model = unwrap_model(model)
     chosen = {"selected": "final", "step": result["step"]}
     if sec.get("export", "best") == "best" and result.get("best"):

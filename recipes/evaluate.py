@@ -27,7 +27,7 @@ from pacx.pipeline import (
     write_report,
 )
 from pacx.pipeline.evaluation import ENCODERS, summarize_metric
-from pacx.pipeline.ranks import patient_barrier
+from pacx.pipeline.ranks import as_single_process, patient_barrier
 
 
 def finished_variants(cfg: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
@@ -59,11 +59,15 @@ def stage_timings(out: Path) -> dict[str, float]:
 def run(cfg: dict[str, Any], out: str | Path, real_eval: bool = False) -> dict[str, Any]:
     """Evaluate the run in ``out`` and write its report.
 
-    Under ``torchrun`` rank 0 evaluates while the other ranks wait for it, without a deadline
-    (:func:`pacx.pipeline.ranks.patient_barrier`), and return ``{}``.
+    Under ``torchrun`` rank 0 evaluates alone (:func:`pacx.pipeline.ranks.as_single_process`)
+    while the other ranks wait for it without a deadline (:func:`pacx.pipeline.ranks.patient_barrier`)
+    and return ``{}``.
     """
     try:
-        return _evaluate(cfg, Path(out), real_eval) if is_main_process() else {}
+        if not is_main_process():
+            return {}
+        with as_single_process():  # MONAI's metrics would otherwise gather from ranks that are not there
+            return _evaluate(cfg, Path(out), real_eval)
     finally:
         patient_barrier()
 

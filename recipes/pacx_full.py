@@ -2,12 +2,15 @@
 
 On a fresh machine with no data and no GPU this runs the whole method on the synthetic cohort
 (profile ``cpu``, about 15 minutes on 2 cores) and writes results.json, results.md, figures,
-checkpoints and the exported backbones under --out. A finished stage is skipped when its
-outputs exist for the same configuration (--force reruns everything).
+checkpoints and the exported backbones under --out (and its log in log.txt). A finished stage
+is skipped when its outputs exist for the same configuration (--force reruns everything); after
+an interruption, --resume latest continues each interrupted training stage from its own latest
+checkpoint. The configuration is checked as a whole first (--print-config shows it).
 
 Examples:
     python recipes/pacx_full.py                                   # synthetic cohort, CPU
     python recipes/pacx_full.py --profile quick --out runs/quick  # about a minute
+    python recipes/pacx_full.py --profile quick --out runs/quick --resume latest  # after a crash
     torchrun --nproc_per_node 2 recipes/pacx_full.py --profile paper --data symile \\
         --data-root /data/symile-mimic --ecgfounder-checkpoint 12_lead_ECGFounder.pth
 """

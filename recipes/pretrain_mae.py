@@ -21,14 +21,13 @@ from typing import Any
 import torch
 
 from pacx.data import SymileMIMIC
-from pacx.data.synthetic import make_cxr_corpus
 from pacx.data.transforms import stage1_train_transform
 from pacx.distributed import is_main_process
 from pacx.engine import Trainer, export_backbone, make_loader
 from pacx.engine.trainer import unwrap_model
 from pacx.io import load_json, save_json, save_safetensors
 from pacx.nets import MAE_DECODER_PREFIXES, MaskedAutoencoderViT, create_mae, load_mae_checkpoint
-from pacx.pipeline import data_root, mark_done, parse_recipe_args, run_stage, trainer_config
+from pacx.pipeline import mark_done, parse_recipe_args, pretraining_root, run_stage, trainer_config
 from pacx.pretrained import resolve_mae_checkpoint, write_prior
 
 
@@ -42,15 +41,6 @@ def build_mae(cfg: dict[str, Any]) -> MaskedAutoencoderViT:
 def mae_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """One Stage-1 step: the masked-patch reconstruction loss."""
     return model(batch["cxr"]).loss, {}
-
-
-def pretraining_root(cfg: dict[str, Any], out: Path) -> Path:
-    """The images Stage 1 learns from: an unpaired CXR corpus of its own (``mae.corpus``) or the cohort."""
-    corpus = cfg["mae"].get("corpus")
-    if not corpus:
-        return data_root(cfg, out)
-    return make_cxr_corpus(Path(cfg["data"].get("cache_dir") or out / "data"), {"train": int(corpus["n_train"])},
-                           image_size=int(corpus["image_size"]), seed=int(corpus["seed"]), kind="prior")
 
 
 def export_prior(name: str, mae: MaskedAutoencoderViT, cfg: dict[str, Any], out: Path, info: dict[str, Any]) -> Path:
@@ -94,7 +84,8 @@ def run(cfg: dict[str, Any], out: str | Path, resume: str | None = None) -> dict
         if not sec.get("corpus"):  # the cohort's validation split, without augmentation
             val = SymileMIMIC(root, "val", modalities=("cxr",), image_size=size)
             val_loader = make_loader(val, batch_size=int(sec["batch_size"]), shuffle=False, drop_last=False)
-        trainer = Trainer(trainer_config(cfg, sec, "mae"), out / "mae", run_config={"mae": sec, "data": cfg["data"]})
+        images = {k: cfg["data"][k] for k in ("source", "root", "n_patients", "image_size")}  # not num_workers
+        trainer = Trainer(trainer_config(cfg, sec, "mae"), out / "mae", run_config={"mae": sec, "data": images})
         result = trainer.fit(mae, loader, mae_step, resume=resume, val_loader=val_loader,
                              extra_meta=lambda m: {"mask_ratio": m.mask_ratio, "last_mask_ratio": m.last_mask_ratio})
         mae = unwrap_model(mae)

@@ -21,7 +21,8 @@ import torch
 from pacx.distributed import is_main_process
 from pacx.engine import Trainer, make_loader
 from pacx.io import save_safetensors
-from pacx.pipeline import data_root, mark_done, parse_recipe_args, run_stage, trainer_config
+from pacx.pipeline import data_root, mark_done, parse_recipe_args, run_stage, stage_is_done, trainer_config
+from pacx.pipeline.console import StagePlan
 from pacx.pipeline.ranks import main_process_first
 from pacx.teachers import get_teacher
 
@@ -58,8 +59,11 @@ def run(cfg: dict[str, Any], out: str | Path, resume: str | None = None, force: 
 
     ``resume="latest"``: each teacher interrupted earlier continues from its own latest checkpoint.
     """
-    return {name: run_stage(f"teacher_{name}", partial(train_teacher, name=name), cfg, out, force=force, resume=resume)
-            for name in cfg["distill"]["teachers"]}
+    names = cfg["distill"]["teachers"]
+    plan = StagePlan([f"teacher_{n}" for n in names], cfg["profile"],
+                     is_done=lambda s: not force and stage_is_done(out, s, cfg))
+    return {n: run_stage(f"teacher_{n}", partial(train_teacher, name=n), cfg, out, force=force, resume=resume,
+                         plan=plan) for n in names}
 
 
 if __name__ == "__main__":

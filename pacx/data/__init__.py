@@ -4,11 +4,13 @@ Readers: :class:`SymileMIMIC` (Symile-MIMIC ``data_npy`` arrays), :class:`CheXpe
 :class:`CSVImageDataset`, :class:`ImageMaskDataset`, :func:`read_wfdb_ecg`; wrappers adding
 teacher embeddings or labels; ECGFounder ECG preprocessing; lab extraction and percentiles;
 the vital signs (:class:`VitalsDataset`, MIMIC-IV extraction); MONAI/torchvision CXR
-transforms; patient-level splits and nested low-data subsets.
+transforms and the Stage-2 batch augmentation on the device (:class:`BatchAugment`);
+patient-level splits and nested low-data subsets.
 """
 
 from __future__ import annotations
 
+from .batch_augment import BatchAugment, eval_batch_transform, stage2_batch_transform
 from .chexpert import CHEXPERT_FINDINGS, CheXpertDataset, chexpert_patient_id
 from .csv_classification import CSVImageDataset, join_image_path, read_csv_table
 from .ecg import (
@@ -48,6 +50,7 @@ from .synthetic import make_cohort
 # ----------------------------------------------------------------------------------------------
 
 __all__ = [
+    "BatchAugment",
     "CHEXPERT_FINDINGS",
     "CSVImageDataset",
     "CXRTransform",
@@ -69,6 +72,7 @@ __all__ = [
     "check_overlap",
     "chexpert_patient_id",
     "denormalize_imagenet",
+    "eval_batch_transform",
     "eval_transform",
     "extract_admission_labs",
     "extract_admission_vitals",
@@ -93,6 +97,7 @@ __all__ = [
     "read_wfdb_ecg",
     "resolve_symile_root",
     "stage1_train_transform",
+    "stage2_batch_transform",
     "stage2_train_transform",
     "to_grayscale_8bit",
     "write_vitals_arrays",

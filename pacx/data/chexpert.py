@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
-from .csv_classification import _plain, join_image_path, read_csv_table
-from .transforms import load_cxr
+from .csv_classification import _ImageTableDataset, _plain, read_csv_table
 
 __all__ = ["CHEXPERT_FINDINGS", "CheXpertDataset", "chexpert_patient_id"]
 
@@ -64,7 +62,7 @@ def chexpert_patient_id(path: str) -> str:
     return match.group(1)
 
 
-class CheXpertDataset(Dataset):
+class CheXpertDataset(_ImageTableDataset):
     """CheXpert images with multi-label findings and an uncertainty policy.
 
     Items: ``cxr`` ``(3, S, S)`` float32 ImageNet-normalised, ``label`` float32 ``(C,)``,
@@ -145,30 +143,18 @@ class CheXpertDataset(Dataset):
         self.label_mask = mask.astype(np.float32)
         self.findings = findings
         self.uncertain_policy = uncertain_policy
-        self.rel_paths = table["Path"].astype(str).to_numpy()[keep].tolist()
-        self.paths = [join_image_path(root, p, strip_components) for p in self.rel_paths]
+        rel_paths = table["Path"].astype(str).to_numpy()[keep].tolist()
+        self._set_images(root, rel_paths, strip_components, image_size, transform)
         self.patient_ids = []
         for row, rel in zip(self.source_rows, self.rel_paths):
             try:
                 self.patient_ids.append(chexpert_patient_id(rel))
             except ValueError as err:
                 raise ValueError(f"{source}: row {row}: {err}") from None
-        self.image_size = image_size
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.paths[index]
-        image = load_cxr(path, self.image_size)
-        if self.transform is not None:
-            image = self.transform(image)
-        return {
-            "cxr": image,
+        labels = {
             "label": torch.from_numpy(self.labels[index].copy()),
             "label_mask": torch.from_numpy(self.label_mask[index].copy()),
-            "patient_id": self.patient_ids[index],
-            "path": str(path),
-            "index": int(index),
         }
+        return self._item(index, labels)

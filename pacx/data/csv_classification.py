@@ -104,7 +104,42 @@ def _binary_matrix(table: pd.DataFrame, columns: Sequence[str], source: str) -> 
     return values.astype(np.float32)
 
 
-class CSVImageDataset(Dataset):
+class _ImageTableDataset(Dataset):
+    """Rows of a table of CXR files: the reading shared by :class:`CSVImageDataset` and
+    :class:`~pacx.data.CheXpertDataset`.
+
+    A subclass checks its table and labels, sets ``patient_ids`` (one per row), calls
+    :meth:`_set_images` and builds its items with :meth:`_item`.
+    """
+
+    patient_ids: list[str]
+
+    def _set_images(
+        self,
+        root: str | os.PathLike | None,
+        rel_paths: list[str],
+        strip_components: int,
+        image_size: int | None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        self.rel_paths = rel_paths
+        self.paths = [join_image_path(root, p, strip_components) for p in rel_paths]
+        self.image_size = image_size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _item(self, index: int, labels: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The decoded (and transformed) image, ``labels``, then ``patient_id``, ``path`` and ``index``."""
+        path = self.paths[index]
+        image = load_cxr(path, self.image_size)
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"cxr": image, **labels, "patient_id": self.patient_ids[index], "path": str(path), "index": int(index)}
+
+
+class CSVImageDataset(_ImageTableDataset):
     """Image classification dataset read from a CSV table.
 
     Items: ``cxr`` ``(3, S, S)`` float32, ``label`` (see the module docstring), ``patient_id``
@@ -190,32 +225,16 @@ class CSVImageDataset(Dataset):
             self.labels = onehot.argmax(axis=1).astype(np.int64)
         else:
             self.labels = _binary_matrix(table, label_columns, source)
-        self.rel_paths = table[path_column].astype(str).tolist()
-        self.paths = [join_image_path(image_root, p, strip_components) for p in self.rel_paths]
+        self._set_images(image_root, table[path_column].astype(str).tolist(), strip_components, image_size, transform)
         if patient_column:
             self.patient_ids = table[patient_column].astype(str).tolist()
         else:
             self.patient_ids = [str(p) for p in self.rel_paths]
-        self.image_size = image_size
-        self.transform = transform
 
     @property
     def num_classes(self) -> int:
         """Number of outputs a probe needs (label columns, or classes for multi-class)."""
         return len(self.classes) if self.classes is not None else len(self.label_names)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.paths[index]
-        image = load_cxr(path, self.image_size)
-        if self.transform is not None:
-            image = self.transform(image)
-        return {
-            "cxr": image,
-            "label": torch.as_tensor(self.labels[index]),
-            "patient_id": self.patient_ids[index],
-            "path": str(path),
-            "index": int(index),
-        }
+        return self._item(index, {"label": torch.as_tensor(self.labels[index])})

@@ -226,7 +226,7 @@ def read_wfdb_ecg(
 
     Example:
         >>> x = read_wfdb_ecg("ecg_cinc2021/E07500")  # doctest: +SKIP
-        >>> x.shape
+        >>> x.shape  # doctest: +SKIP
         (12, 5000)
     """
     if fs <= 0 or seconds <= 0:

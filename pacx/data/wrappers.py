@@ -27,14 +27,24 @@ def _as_numpy(name: str, value: np.ndarray | torch.Tensor) -> np.ndarray:
     raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")
 
 
-def _base_item(base: Dataset, index: int) -> dict[str, Any]:
-    item = base[index]
-    if not isinstance(item, Mapping):
-        raise ValueError(f"the wrapped dataset must return dict items, got {type(item).__name__}")
-    return dict(item)
+class _RowAlignedWrapper(Dataset):
+    """A dataset of ``base``'s items, each a copy of the base item to which a subclass adds ``key``."""
+
+    def __init__(self, base: Dataset, key: str) -> None:
+        self.base = base
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _base_item(self, index: int) -> dict[str, Any]:
+        item = self.base[index]
+        if not isinstance(item, Mapping):
+            raise ValueError(f"the wrapped dataset must return dict items, got {type(item).__name__}")
+        return dict(item)
 
 
-class EmbeddingDataset(Dataset):
+class EmbeddingDataset(_RowAlignedWrapper):
     """Add ``teacher_embeddings: {name: (D,) float32 tensor}`` to every item of ``base``.
 
     Args:
@@ -70,21 +80,17 @@ class EmbeddingDataset(Dataset):
             if arr.shape[0] != n:
                 raise ValueError(f"embeddings[{name!r}] has {arr.shape[0]} rows, expected {n} (len(base))")
             self.embeddings[str(name)] = arr
-        self.base = base
-        self.key = key
-
-    def __len__(self) -> int:
-        return len(self.base)
+        super().__init__(base, key)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = _base_item(self.base, index)
+        item = self._base_item(index)
         item[self.key] = {
             name: torch.from_numpy(np.array(arr[index], dtype=np.float32)) for name, arr in self.embeddings.items()
         }
         return item
 
 
-class LabelledDataset(Dataset):
+class LabelledDataset(_RowAlignedWrapper):
     """Add task labels (and an optional label mask) to every item of ``base``.
 
     Label dtype: 1-D integer labels are class indices and come out as an int64 scalar tensor;
@@ -140,14 +146,10 @@ class LabelledDataset(Dataset):
             self.mask: np.ndarray | None = m.astype(np.float32)
         else:
             self.mask = None
-        self.base = base
-        self.key = key
-
-    def __len__(self) -> int:
-        return len(self.base)
+        super().__init__(base, key)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = _base_item(self.base, index)
+        item = self._base_item(index)
         item[self.key] = torch.as_tensor(self.labels[index])
         if self.mask is not None:
             item[f"{self.key}_mask"] = torch.as_tensor(self.mask[index])

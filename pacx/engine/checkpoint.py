@@ -28,7 +28,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import tempfile  # noqa: F401  (used by the docstring examples)
 import time
 import warnings
 from collections.abc import Mapping
@@ -40,7 +40,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pacx.io import atomic_write, load_json, load_safetensors, load_state_dict_file, save_json, save_safetensors
+from pacx.io import (
+    atomic_write,
+    load_json,
+    load_safetensors,
+    load_state_dict_file,
+    make_temp_dir,
+    save_json,
+    save_safetensors,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -215,7 +223,7 @@ def save_checkpoint(
     root = Path(checkpoints_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{name}{_TMP_MARK}", dir=root))
+    tmp = make_temp_dir(root, prefix=f"{name}{_TMP_MARK}")
     try:
         files = [MODEL_FILE]
         save_safetensors(_cloned(model_state), tmp / MODEL_FILE)
@@ -251,7 +259,7 @@ def save_final(
     """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final_dir.name}{_TMP_MARK}", dir=final_dir.parent))
+    tmp = make_temp_dir(final_dir.parent, prefix=f"{final_dir.name}{_TMP_MARK}")
     try:
         save_safetensors(_cloned(model_state), tmp / MODEL_FILE)
         save_json(dict(config), tmp / "config.json")

@@ -471,31 +471,17 @@ def export_onnx(
     example = torch.randn(2, in_chans, *size)
 
     def _write(tmp: str) -> None:
+        names = {"opset_version": opset, "input_names": ["image"], "output_names": ["embedding"]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter
             try:
                 torch.onnx.export(
-                    model,
-                    (example,),
-                    tmp,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=["image"],
-                    output_names=["embedding"],
-                    dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
-                )
+                    model, (example,), tmp, dynamo=False,
+                    dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, **names,
+                )  # fmt: skip
             except TypeError:  # a torch without the TorchScript exporter: use torch.export
                 batch = torch.export.Dim("batch", min=1)
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    tmp,
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=["image"],
-                    output_names=["embedding"],
-                    dynamic_shapes=({0: batch},),
-                )
+                torch.onnx.export(model, (example,), tmp, dynamo=True, dynamic_shapes=({0: batch},), **names)
 
     return atomic_write(path, _write)
 

@@ -572,8 +572,7 @@ class Trainer:
         if run.val_loader is not None and run.validated_step != run.step:
             run.logger.log(run.step, self._validate(run))  # e.g. a finished run resumed
         if run.last_saved != run.step:
-            self._save(run)
-        self._check_finite(run)
+            self._save(run)  # checks finiteness first, as every save does
         if get_rank() == 0:
             save_final(self.final_dir, run.model.state_dict(), self._final_config(run))
         barrier()

@@ -31,6 +31,7 @@ from .metrics import (
     nanmean_warn,
     paired_bootstrap,
     roc_auc_per_label,
+    seed_mean_std,
     to_multi_hot,
     tune_thresholds,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "r2_score",
     "retrieval_recall_at_k",
     "roc_auc_per_label",
+    "seed_mean_std",
     "segmentation_probe",
     "select_rescue_cases",
     "to_multi_hot",

@@ -49,6 +49,7 @@ __all__ = [
     "nanmean_warn",
     "paired_bootstrap",
     "roc_auc_per_label",
+    "seed_mean_std",
     "to_multi_hot",
     "tune_thresholds",
 ]
@@ -73,13 +74,39 @@ def _check_task_type(task_type: str) -> None:
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
 
 
+def _to_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
 def _as_2d(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    arr = _to_numpy(array)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (N,) or (N, C), got {arr.shape}")
     return arr
+
+
+def _same_shape_2d(
+    first: np.ndarray | torch.Tensor,
+    first_name: str,
+    second: np.ndarray | torch.Tensor,
+    second_name: str,
+    dtype: type = np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as (N, C) of ``dtype``; a ``ValueError`` naming both when their shapes differ."""
+    a = _as_2d(first, first_name).astype(dtype)
+    b = _as_2d(second, second_name).astype(dtype)
+    if a.shape != b.shape:
+        raise ValueError(f"{first_name} and {second_name} must have the same shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def _quiet_nanmean(values: np.ndarray, axis: int = 1) -> np.ndarray:
+    """``np.nanmean`` along ``axis``; an all-NaN slice stays NaN without a warning, on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
 
 
 def to_multi_hot(y_true: np.ndarray | torch.Tensor, task_type: str, num_classes: int | None = None) -> np.ndarray:
@@ -99,7 +126,7 @@ def to_multi_hot(y_true: np.ndarray | torch.Tensor, task_type: str, num_classes:
         ValueError: for an unknown task type, a wrong shape or values other than 0/1.
     """
     _check_task_type(task_type)
-    arr = y_true.detach().cpu().numpy() if isinstance(y_true, torch.Tensor) else np.asarray(y_true)
+    arr = _to_numpy(y_true)
     if task_type == "multiclass":
         if arr.ndim == 2 and arr.shape[1] > 1:
             arr = arr.argmax(axis=1)
@@ -149,6 +176,30 @@ def nanmean_warn(values: Sequence[float] | np.ndarray, what: str = "metric", war
     return float(np.nanmean(arr))
 
 
+def seed_mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of one value per seed.
+
+    The spread of a single seed is reported as 0 rather than undefined.
+
+    Args:
+        values: one value per seed, at least one.
+
+    Returns:
+        ``(mean, std)`` as floats.
+
+    Raises:
+        ValueError: when ``values`` is empty.
+
+    Example:
+        >>> seed_mean_std([0.80, 0.82, 0.84])
+        (0.82, 0.019999999999999962)
+    """
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError("values must hold at least one per-seed value, got none")
+    return float(np.mean(arr)), float(np.std(arr, ddof=1)) if arr.size > 1 else 0.0
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -165,10 +216,7 @@ def roc_auc_per_label(y_score: np.ndarray | torch.Tensor, y_true: np.ndarray | t
     Raises:
         ValueError: when the shapes differ.
     """
-    score = _as_2d(y_score, "y_score").astype(np.float64)
-    true = _as_2d(y_true, "y_true").astype(np.float64)
-    if score.shape != true.shape:
-        raise ValueError(f"y_score and y_true must have the same shape, got {score.shape} and {true.shape}")
+    score, true = _same_shape_2d(y_score, "y_score", y_true, "y_true")
     metric = ROCAUCMetric(average="none")
     metric(y_pred=torch.from_numpy(score), y=torch.from_numpy(true))
     with warnings.catch_warnings():
@@ -230,10 +278,7 @@ def f1_per_label(y_pred: np.ndarray | torch.Tensor, y_true: np.ndarray | torch.T
     Returns:
         float64 array (C,); NaN for a label with no positive and no predicted positive.
     """
-    pred = _as_2d(y_pred, "y_pred").astype(np.float32)
-    true = _as_2d(y_true, "y_true").astype(np.float32)
-    if pred.shape != true.shape:
-        raise ValueError(f"y_pred and y_true must have the same shape, got {pred.shape} and {true.shape}")
+    pred, true = _same_shape_2d(y_pred, "y_pred", y_true, "y_true", dtype=np.float32)
     if not np.all((pred == 0) | (pred == 1)):
         raise ValueError("y_pred must be binarised (0/1); use binarize_predictions first")
     metric = ConfusionMatrixMetric(include_background=True, metric_name="f1 score", reduction="sum_batch")
@@ -257,10 +302,7 @@ def tune_thresholds(y_true: np.ndarray | torch.Tensor, y_score: np.ndarray | tor
     Returns:
         float64 array (C,) of thresholds.
     """
-    true = _as_2d(y_true, "y_true").astype(np.float64)
-    score = _as_2d(y_score, "y_score").astype(np.float64)
-    if true.shape != score.shape:
-        raise ValueError(f"y_true and y_score must have the same shape, got {true.shape} and {score.shape}")
+    true, score = _same_shape_2d(y_true, "y_true", y_score, "y_score")
     out = np.full(true.shape[1], 0.5)
     for c in range(true.shape[1]):
         t, s = true[:, c], score[:, c]
@@ -378,10 +420,7 @@ def iou_per_image(
 
 
 def _channel_mean(per: torch.Tensor) -> np.ndarray:
-    arr = per.detach().cpu().numpy().astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN on purpose
-        return np.nanmean(arr, axis=1)
+    return _quiet_nanmean(_to_numpy(per).astype(np.float64))
 
 
 # --------------------------------------------------------------------------- statistics on index arrays
@@ -415,10 +454,7 @@ def auroc_statistic(y_true: np.ndarray | torch.Tensor, y_score: np.ndarray | tor
         ``stat(idx)`` mapping an integer array (..., m) of row indices to the NaN-aware macro
         AUROC of each index row, shape (...). ``stat(np.arange(N))`` equals :func:`macro_auroc`.
     """
-    true = _as_2d(y_true, "y_true").astype(np.float64)
-    score = _as_2d(y_score, "y_score").astype(np.float64)
-    if true.shape != score.shape:
-        raise ValueError(f"y_true and y_score must have the same shape, got {true.shape} and {score.shape}")
+    true, score = _same_shape_2d(y_true, "y_true", y_score, "y_score")
 
     def stat(idx: np.ndarray) -> np.ndarray:
         rows, lead = _rows(idx)
@@ -427,10 +463,7 @@ def auroc_statistic(y_true: np.ndarray | torch.Tensor, y_score: np.ndarray | tor
         step = max(1, int(16e6 // max(1, rows.shape[1] * true.shape[1])))
         for start in range(0, rows.shape[0], step):
             r = rows[start : start + step]
-            auc = _batched_auroc(score[r], true[r])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out[start : start + step] = np.nanmean(auc, axis=1)
+            out[start : start + step] = _quiet_nanmean(_batched_auroc(score[r], true[r]))
         return out.reshape(lead)
 
     return stat
@@ -447,10 +480,7 @@ def f1_statistic(y_true: np.ndarray | torch.Tensor, y_pred: np.ndarray | torch.T
         ``stat(idx)`` as in :func:`auroc_statistic`; ``stat(np.arange(N))`` equals the mean of
         :func:`f1_per_label`.
     """
-    true = _as_2d(y_true, "y_true").astype(np.float64)
-    pred = _as_2d(y_pred, "y_pred").astype(np.float64)
-    if true.shape != pred.shape:
-        raise ValueError(f"y_true and y_pred must have the same shape, got {true.shape} and {pred.shape}")
+    true, pred = _same_shape_2d(y_true, "y_true", y_pred, "y_pred")
 
     def stat(idx: np.ndarray) -> np.ndarray:
         rows, lead = _rows(idx)
@@ -459,25 +489,22 @@ def f1_statistic(y_true: np.ndarray | torch.Tensor, y_pred: np.ndarray | torch.T
         fp = ((1 - t) * p).sum(axis=1)
         fn = (t * (1 - p)).sum(axis=1)
         den = 2 * tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with np.errstate(invalid="ignore", divide="ignore"):
             f1 = np.where(den > 0, 2 * tp / den, np.nan)
-            return np.nanmean(f1, axis=1).reshape(lead)
+        return _quiet_nanmean(f1).reshape(lead)
 
     return stat
 
 
 def mean_statistic(values: np.ndarray | torch.Tensor) -> Statistic:
     """NaN-aware mean of per-row values (e.g. per-image Dice) over the selected rows."""
-    vals = np.asarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    vals = _to_numpy(values).astype(np.float64)
     if vals.ndim != 1:
         raise ValueError(f"values must have shape (N,), got {vals.shape}")
 
     def stat(idx: np.ndarray) -> np.ndarray:
         rows, lead = _rows(idx)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(vals[rows], axis=1).reshape(lead)
+        return _quiet_nanmean(vals[rows]).reshape(lead)
 
     return stat
 

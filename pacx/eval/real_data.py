@@ -63,6 +63,47 @@ def _patch_size(encoder: VisionTransformer) -> int:
     return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
 
 
+def _encoder_features(
+    encoder: VisionTransformer,
+    arrays: Mapping[str, Mapping[str, Any]],
+    image_size: int,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+    device: str | torch.device | None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{"token": {split: (N, D)}, "patch": {split: (N, L, D)}}`` of one encoder, cached per split."""
+    feats: dict[str, dict[str, np.ndarray]] = {"token": {}, "patch": {}}
+    for split in _SPLITS:
+        key = hashlib.sha256(f"montgomery|{image_size}|{'|'.join(arrays[split]['files'])}".encode()).hexdigest()
+        for pool in feats:
+            feats[pool][split] = extract_features(
+                encoder, arrays[split]["cxr"], cache_dir=cache_dir, pool=pool, batch_size=batch_size, device=device,
+                dataset_key=key, key_extra="pacx.data.load_cxr ImageNet-normalised",
+            )  # fmt: skip
+    return feats
+
+
+def _compare_to_reference(
+    classification: Mapping[str, Any], segmentation: Mapping[str, Any], reference: str | None, n_resamples: int
+) -> dict[str, dict[str, Any]]:
+    """Paired comparisons ``"<name>_vs_<reference>"`` of every other encoder (none without the reference)."""
+    comparisons: dict[str, dict[str, Any]] = {"classification": {}, "segmentation": {}}
+    if reference is None or reference not in classification:
+        return comparisons
+    for name in classification:
+        if name == reference:
+            continue
+        tag = f"{name}_vs_{reference}"
+        comparisons["classification"][tag] = compare(
+            classification[name], classification[reference], "auroc", n_resamples=n_resamples
+        )
+        comparisons["segmentation"][tag] = {
+            m: compare_segmentation(segmentation[name], segmentation[reference], m, n_resamples=n_resamples)
+            for m in ("dice", "iou")
+        }
+    return comparisons
+
+
 def evaluate_montgomery(
     encoders: Mapping[str, VisionTransformer],
     data_dir: str | os.PathLike | None = None,
@@ -130,14 +171,7 @@ def evaluate_montgomery(
     classification: dict[str, Any] = {}
     segmentation: dict[str, Any] = {}
     for name, enc in encoders.items():
-        feats: dict[str, dict[str, np.ndarray]] = {"token": {}, "patch": {}}
-        for split in _SPLITS:
-            key = hashlib.sha256(f"montgomery|{image_size}|{'|'.join(arrays[split]['files'])}".encode()).hexdigest()
-            for pool in feats:
-                feats[pool][split] = extract_features(
-                    enc, arrays[split]["cxr"], cache_dir=cache_dir, pool=pool, batch_size=batch_size, device=device,
-                    dataset_key=key, key_extra="pacx.data.load_cxr ImageNet-normalised",
-                )
+        feats = _encoder_features(enc, arrays, image_size, cache_dir, batch_size, device)
         classification[name] = probe_task(
             feats["token"], {s: arrays[s]["label"] for s in _SPLITS}, "binary", seeds=seeds,
             n_resamples=n_resamples, device=device, **probe_cfg,
@@ -147,19 +181,6 @@ def evaluate_montgomery(
             n_resamples=n_resamples, device=device, **seg_cfg,
         )
 
-    comparisons: dict[str, dict[str, Any]] = {"classification": {}, "segmentation": {}}
-    if reference is not None and reference in encoders:
-        for name in encoders:
-            if name == reference:
-                continue
-            tag = f"{name}_vs_{reference}"
-            comparisons["classification"][tag] = compare(
-                classification[name], classification[reference], "auroc", n_resamples=n_resamples
-            )
-            comparisons["segmentation"][tag] = {
-                m: compare_segmentation(segmentation[name], segmentation[reference], m, n_resamples=n_resamples)
-                for m in ("dice", "iou")
-            }
     return {
         "data": {
             "data_dir": str(root),
@@ -173,5 +194,5 @@ def evaluate_montgomery(
         },
         "classification": classification,
         "segmentation": segmentation,
-        "comparisons": comparisons,
+        "comparisons": _compare_to_reference(classification, segmentation, reference, n_resamples),
     }

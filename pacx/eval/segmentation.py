@@ -31,7 +31,14 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from pacx.eval.metrics import bootstrap_ci, dice_per_image, iou_per_image, mean_statistic, paired_bootstrap
+from pacx.eval.metrics import (
+    bootstrap_ci,
+    dice_per_image,
+    iou_per_image,
+    mean_statistic,
+    paired_bootstrap,
+    seed_mean_std,
+)
 
 __all__ = ["SegmentationDecoder", "compare_segmentation", "segmentation_probe", "train_segmentation_probe"]
 
@@ -125,6 +132,43 @@ def _scores(probs: torch.Tensor, masks: torch.Tensor, threshold: float) -> tuple
     return dice_per_image(pred, masks), iou_per_image(pred, masks)
 
 
+def _dice_iou(dice: np.ndarray, iou: np.ndarray) -> dict[str, Any]:
+    """Mean Dice and IoU over images (NaN-aware) next to the per-image values."""
+    return {
+        "dice": float(np.nanmean(dice)),
+        "iou": float(np.nanmean(iou)),
+        "dice_per_image": dice,
+        "iou_per_image": iou,
+    }
+
+
+def _check_probe_inputs(
+    tokens_by_split: Mapping[str, np.ndarray | torch.Tensor],
+    masks_by_split: Mapping[str, np.ndarray | torch.Tensor],
+    patch_size: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Tokens (N, L, D) and masks per split as tensors, checked against each other and ``patch_size``."""
+    toks = {s: _as_tokens(t, f"{s}_tokens") for s, t in tokens_by_split.items()}
+    masks = {s: _as_masks(m, f"{s}_masks") for s, m in masks_by_split.items()}
+    dims = {t.shape[1:] for t in toks.values()}
+    if len(dims) != 1:
+        raise ValueError(f"token shapes (L, D) differ between splits: {sorted(map(tuple, dims))}")
+    length = toks["train"].shape[1]
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError(f"the number of patch tokens must be a square, got {length}")
+    size = side * patch_size
+    for s in toks:
+        if len(toks[s]) != len(masks[s]):
+            raise ValueError(f"{s}_tokens has {len(toks[s])} rows but {s}_masks has {len(masks[s])}")
+        if tuple(masks[s].shape[-2:]) != (size, size):
+            raise ValueError(
+                f"{s}_masks must be {size}x{size} ({side} tokens x patch {patch_size}), "
+                f"got {tuple(masks[s].shape[-2:])}"
+            )
+    return toks, masks
+
+
 def train_segmentation_probe(
     train_tokens: np.ndarray | torch.Tensor,
     train_masks: np.ndarray | torch.Tensor,
@@ -174,31 +218,15 @@ def train_segmentation_probe(
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    named_tokens = (("train", train_tokens), ("val", val_tokens), ("test", test_tokens))
-    named_masks = (("train", train_masks), ("val", val_masks), ("test", test_masks))
-    toks = {s: _as_tokens(t, f"{s}_tokens") for s, t in named_tokens}
-    masks = {s: _as_masks(m, f"{s}_masks") for s, m in named_masks}
-    dims = {t.shape[1:] for t in toks.values()}
-    if len(dims) != 1:
-        raise ValueError(f"token shapes (L, D) differ between splits: {sorted(map(tuple, dims))}")
-    length, embed_dim = toks["train"].shape[1:]
-    side = math.isqrt(length)
-    if side * side != length:
-        raise ValueError(f"the number of patch tokens must be a square, got {length}")
-    size = side * patch_size
-    for s in toks:
-        if len(toks[s]) != len(masks[s]):
-            raise ValueError(f"{s}_tokens has {len(toks[s])} rows but {s}_masks has {len(masks[s])}")
-        if tuple(masks[s].shape[-2:]) != (size, size):
-            raise ValueError(
-                f"{s}_masks must be {size}x{size} ({side} tokens x patch {patch_size}), "
-                f"got {tuple(masks[s].shape[-2:])}"
-            )
-
+    toks, masks = _check_probe_inputs(
+        {"train": train_tokens, "val": val_tokens, "test": test_tokens},
+        {"train": train_masks, "val": val_masks, "test": test_masks},
+        patch_size,
+    )
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):  # seeded decoder init without touching the caller's RNG
         torch.manual_seed(int(seed))
-        decoder = SegmentationDecoder(embed_dim, patch_size, hidden_dim=hidden_dim).to(dev)
+        decoder = SegmentationDecoder(toks["train"].shape[2], patch_size, hidden_dim=hidden_dim).to(dev)
     loss_fn = DiceCELoss(sigmoid=True)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(toks["train"])
@@ -228,10 +256,7 @@ def train_segmentation_probe(
     dice, iou = _scores(probs, masks["test"], threshold)
     out: dict[str, Any] = {
         "seed": int(seed),
-        "dice": float(np.nanmean(dice)),
-        "iou": float(np.nanmean(iou)),
-        "dice_per_image": dice,
-        "iou_per_image": iou,
+        **_dice_iou(dice, iou),
         "val_dice_history": history,
         "selected_epoch": best_epoch,
     }
@@ -292,19 +317,15 @@ def segmentation_probe(
             )
             ci[name] = list(interval)
     per_seed = [{"dice": r["dice"], "iou": r["iou"], "selected_epoch": r["selected_epoch"]} for r in runs]
+    spread = {k: seed_mean_std([p[k] for p in per_seed]) for k in ("dice", "iou")}
     return {
         "seeds": [int(s) for s in seeds],
-        "dice": float(np.nanmean(dice)),
-        "iou": float(np.nanmean(iou)),
-        "dice_per_image": dice,
-        "iou_per_image": iou,
+        **_dice_iou(dice, iou),
         "ci": ci,
         "confidence_level": confidence_level,
         "per_seed": per_seed,
-        "mean": {k: float(np.mean([p[k] for p in per_seed])) for k in ("dice", "iou")},
-        "std": {
-            k: float(np.std([p[k] for p in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in ("dice", "iou")
-        },
+        "mean": {k: mean for k, (mean, _) in spread.items()},
+        "std": {k: std for k, (_, std) in spread.items()},
     }
 
 

@@ -108,6 +108,34 @@ def _check_mask_ratio(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_mae_config(config: dict[str, Any]) -> None:
+    """Every constructor argument of :class:`MaskedAutoencoderViT` except the mask ratio.
+
+    The mask ratio is checked against the patch count by ``_validated_ratio`` afterwards.
+    """
+    for name in (
+        "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+        "decoder_embed_dim", "decoder_depth", "decoder_num_heads",
+    ):  # fmt: skip
+        _check_positive_int(name, config[name])
+    img_size, patch_size = config["img_size"], config["patch_size"]
+    if img_size % patch_size != 0:
+        raise ValueError(f"img_size must be divisible by patch_size, got img_size={img_size}, patch_size={patch_size}")
+    for dim_name, heads_name in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+        dim, heads = config[dim_name], config[heads_name]
+        if dim % heads != 0:
+            raise ValueError(
+                f"{dim_name} must be divisible by {heads_name}, got {dim_name}={dim}, {heads_name}={heads}"
+            )
+        if dim % 4 != 0:
+            raise ValueError(f"{dim_name} must be a multiple of 4 for the 2-D sin-cos position table, got {dim}")
+    mlp_ratio = config["mlp_ratio"]
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+    if not isinstance(config["norm_pix_loss"], bool):
+        raise ValueError(f"norm_pix_loss must be a bool, got {config['norm_pix_loss']!r}")
+
+
 class MaskedAutoencoderViT(nn.Module):
     """MAE with a timm ViT encoder and a light ViT decoder (He et al., 2022; PaCX-MAE Stage 1).
 
@@ -163,36 +191,22 @@ class MaskedAutoencoderViT(nn.Module):
         norm_pix_loss: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("img_size", img_size),
-            ("patch_size", patch_size),
-            ("in_chans", in_chans),
-            ("embed_dim", embed_dim),
-            ("depth", depth),
-            ("num_heads", num_heads),
-            ("decoder_embed_dim", decoder_embed_dim),
-            ("decoder_depth", decoder_depth),
-            ("decoder_num_heads", decoder_num_heads),
-        ):
-            _check_positive_int(name, value)
-        if img_size % patch_size != 0:
-            raise ValueError(
-                f"img_size must be divisible by patch_size, got img_size={img_size}, patch_size={patch_size}"
-            )
-        for dim_name, dim, heads_name, heads in (
-            ("embed_dim", embed_dim, "num_heads", num_heads),
-            ("decoder_embed_dim", decoder_embed_dim, "decoder_num_heads", decoder_num_heads),
-        ):
-            if dim % heads != 0:
-                raise ValueError(
-                    f"{dim_name} must be divisible by {heads_name}, got {dim_name}={dim}, {heads_name}={heads}"
-                )
-            if dim % 4 != 0:
-                raise ValueError(f"{dim_name} must be a multiple of 4 for the 2-D sin-cos position table, got {dim}")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
-        if not isinstance(norm_pix_loss, bool):
-            raise ValueError(f"norm_pix_loss must be a bool, got {norm_pix_loss!r}")
+        # One dict holds the arguments: it is validated by name and becomes ``self.config``.
+        config: dict[str, Any] = {
+            "img_size": img_size,
+            "patch_size": patch_size,
+            "in_chans": in_chans,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "decoder_embed_dim": decoder_embed_dim,
+            "decoder_depth": decoder_depth,
+            "decoder_num_heads": decoder_num_heads,
+            "mlp_ratio": mlp_ratio,
+            "mask_ratio": mask_ratio,
+            "norm_pix_loss": norm_pix_loss,
+        }
+        _check_mae_config(config)
 
         self.img_size = img_size
         self.patch_size = patch_size
@@ -207,6 +221,7 @@ class MaskedAutoencoderViT(nn.Module):
         # silently ignored setting (the reference code trained at 0.75 while configured 0.90)
         # cannot go unnoticed.
         self.last_mask_ratio: float | None = None
+        self.config = {**config, "mlp_ratio": float(mlp_ratio), "mask_ratio": self.mask_ratio}
         self._timm_kwargs: dict[str, Any] = {
             "img_size": img_size,
             "patch_size": patch_size,
@@ -220,41 +235,26 @@ class MaskedAutoencoderViT(nn.Module):
             "qkv_bias": True,
             "class_token": True,
         }
-        self.config: dict[str, Any] = {
-            "img_size": img_size,
-            "patch_size": patch_size,
-            "in_chans": in_chans,
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "num_heads": num_heads,
-            "decoder_embed_dim": decoder_embed_dim,
-            "decoder_depth": decoder_depth,
-            "decoder_num_heads": decoder_num_heads,
-            "mlp_ratio": float(mlp_ratio),
-            "mask_ratio": self.mask_ratio,
-            "norm_pix_loss": norm_pix_loss,
-        }
 
         # weight_init="skip": MAE's own initialisation follows below, timm's would be overwritten.
         self.encoder = VisionTransformer(**self._timm_kwargs, weight_init="skip")
         self.encoder.pos_embed.requires_grad_(False)
-
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_patches + 1, decoder_embed_dim), requires_grad=False
-        )
-        self.decoder_blocks = nn.ModuleList(
-            [
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=True)
-                for _ in range(decoder_depth)
-            ]
-        )
-        self.decoder_norm = LayerNorm(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
+        self._build_decoder(decoder_depth, decoder_num_heads, float(mlp_ratio))
         self.initialize_weights()
 
     # ------------------------------------------------------------------ construction helpers
+    def _build_decoder(self, depth: int, num_heads: int, mlp_ratio: float) -> None:
+        """The decoder modules, under the MAE checkpoint's attribute names."""
+        width = self.decoder_embed_dim
+        self.decoder_embed = nn.Linear(self.embed_dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, width), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(width, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)]
+        )
+        self.decoder_norm = LayerNorm(width)
+        self.decoder_pred = nn.Linear(width, self.patch_size * self.patch_size * self.in_chans)
+
     def initialize_weights(self) -> None:
         """(Re)apply the MAE initialisation.
 
@@ -525,34 +525,40 @@ class MaskedAutoencoderViT(nn.Module):
 
 
 # ---------------------------------------------------------------------- presets
+# Sizes of each preset; every other argument keeps its default (mlp_ratio 4, mask ratio 0.90).
+_PRESET_SIZES: dict[str, dict[str, int]] = {
+    "mae_vit_base_patch16": dict(
+        img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+        decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
+    ),
+    "mae_vit_small_patch8_96": dict(
+        img_size=96, patch_size=8, embed_dim=192, depth=6, num_heads=3,
+        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4,
+    ),
+    "mae_vit_tiny_patch8_64": dict(
+        img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4,
+        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4,
+    ),
+}  # fmt: skip
+
+
+def _build_preset(name: str, overrides: dict[str, Any]) -> MaskedAutoencoderViT:
+    return MaskedAutoencoderViT(**{**_PRESET_SIZES[name], **overrides})
+
+
 def mae_vit_base_patch16(**overrides: Any) -> MaskedAutoencoderViT:
     """The paper's MAE: ViT-B/16 at 224 px (768/12/12) with the 512/8/16 decoder, ratio 0.90."""
-    cfg: dict[str, Any] = dict(
-        img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-        decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-    )  # fmt: skip
-    cfg.update(overrides)
-    return MaskedAutoencoderViT(**cfg)
+    return _build_preset("mae_vit_base_patch16", overrides)
 
 
 def mae_vit_small_patch8_96(**overrides: Any) -> MaskedAutoencoderViT:
     """CPU-sized MAE: 96 px, 8 px patches (144 patches), encoder 192/6/3, decoder 128/2/4."""
-    cfg: dict[str, Any] = dict(
-        img_size=96, patch_size=8, embed_dim=192, depth=6, num_heads=3,
-        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0,
-    )  # fmt: skip
-    cfg.update(overrides)
-    return MaskedAutoencoderViT(**cfg)
+    return _build_preset("mae_vit_small_patch8_96", overrides)
 
 
 def mae_vit_tiny_patch8_64(**overrides: Any) -> MaskedAutoencoderViT:
     """Smallest CPU MAE for tests and smoke runs: 64 px, 8 px patches (64 patches), 128/4/4, decoder 128/2/4."""
-    cfg: dict[str, Any] = dict(
-        img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4,
-        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0,
-    )  # fmt: skip
-    cfg.update(overrides)
-    return MaskedAutoencoderViT(**cfg)
+    return _build_preset("mae_vit_tiny_patch8_64", overrides)
 
 
 MAE_PRESETS: dict[str, Callable[..., MaskedAutoencoderViT]] = {

@@ -189,44 +189,62 @@ class _BasicBlock(nn.Module):
 
 
 class _BasicStage(nn.Module):
-    """A run of blocks of one width; the first block downsamples and changes the width."""
+    """A run of blocks of one width; the first block downsamples and changes the width.
+
+    ``block_args`` (``ratio``, ``kernel_size``, ``stride``, ``groups``, ``use_bn``, ``use_do``)
+    go unchanged to every :class:`_BasicBlock`.
+    """
 
     def __init__(
-        self,
-        stage_index: int,
-        in_channels: int,
-        out_channels: int,
-        ratio: float,
-        kernel_size: int,
-        stride: int,
-        groups: int,
-        num_blocks: int,
-        use_bn: bool,
-        use_do: bool,
+        self, stage_index: int, in_channels: int, out_channels: int, num_blocks: int, **block_args: Any
     ) -> None:
         super().__init__()
-        blocks = []
-        for b in range(num_blocks):
-            blocks.append(
-                _BasicBlock(
-                    in_channels=in_channels if b == 0 else out_channels,
-                    out_channels=out_channels,
-                    ratio=ratio,
-                    kernel_size=kernel_size,
-                    stride=stride,
-                    groups=groups,
-                    downsample=b == 0,
-                    is_first_block=stage_index == 0 and b == 0,
-                    use_bn=use_bn,
-                    use_do=use_do,
-                )
+        self.block_list = nn.ModuleList(
+            _BasicBlock(
+                in_channels=in_channels if b == 0 else out_channels,
+                out_channels=out_channels,
+                downsample=b == 0,
+                is_first_block=stage_index == 0 and b == 0,
+                **block_args,
             )
-        self.block_list = nn.ModuleList(blocks)
+            for b in range(num_blocks)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.block_list:
             x = block(x)
         return x
+
+
+def _check_net1d_args(args: dict[str, Any]) -> None:
+    """Check :class:`Net1D`'s arguments, given by name (the two lists already converted to int lists)."""
+    for arg in ("in_channels", "base_filters", "kernel_size", "stride", "groups_width"):
+        if not isinstance(args[arg], int) or args[arg] < 1:
+            raise ValueError(f"Net1D: {arg} must be a positive int, got {args[arg]!r}")
+    n_classes, ratio, groups_width = args["n_classes"], args["ratio"], args["groups_width"]
+    filter_list, m_blocks_list = args["filter_list"], args["m_blocks_list"]
+    if not isinstance(n_classes, int) or n_classes < 0:
+        raise ValueError(f"Net1D: n_classes must be an int >= 0 (0 = no head), got {n_classes!r}")
+    if not ratio > 0:
+        raise ValueError(f"Net1D: ratio must be > 0, got {ratio!r}")
+    if len(filter_list) == 0 or len(filter_list) != len(m_blocks_list):
+        raise ValueError(
+            "Net1D: filter_list and m_blocks_list must be non-empty and of equal length, got "
+            f"{len(filter_list)} and {len(m_blocks_list)}"
+        )
+    if any(m < 1 for m in m_blocks_list):
+        raise ValueError(f"Net1D: every entry of m_blocks_list must be >= 1, got {m_blocks_list}")
+    for s, width in enumerate(filter_list):
+        mid = int(width * ratio)
+        if width < 2 or width % 2 != 0:
+            raise ValueError(
+                f"Net1D: filter_list[{s}] must be an even width >= 2 (squeeze-excitation halves it), got {width}"
+            )
+        if mid < groups_width or mid % groups_width != 0:
+            raise ValueError(
+                f"Net1D: bottleneck width int(filter_list[{s}] * ratio) = {mid} must be a positive "
+                f"multiple of groups_width={groups_width}"
+            )
 
 
 class Net1D(nn.Module):
@@ -278,37 +296,11 @@ class Net1D(nn.Module):
         super().__init__()
         filter_list = [int(f) for f in filter_list]
         m_blocks_list = [int(m) for m in m_blocks_list]
-        for arg, value in (
-            ("in_channels", in_channels),
-            ("base_filters", base_filters),
-            ("kernel_size", kernel_size),
-            ("stride", stride),
-            ("groups_width", groups_width),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Net1D: {arg} must be a positive int, got {value!r}")
-        if not isinstance(n_classes, int) or n_classes < 0:
-            raise ValueError(f"Net1D: n_classes must be an int >= 0 (0 = no head), got {n_classes!r}")
-        if not ratio > 0:
-            raise ValueError(f"Net1D: ratio must be > 0, got {ratio!r}")
-        if len(filter_list) == 0 or len(filter_list) != len(m_blocks_list):
-            raise ValueError(
-                "Net1D: filter_list and m_blocks_list must be non-empty and of equal length, got "
-                f"{len(filter_list)} and {len(m_blocks_list)}"
-            )
-        if any(m < 1 for m in m_blocks_list):
-            raise ValueError(f"Net1D: every entry of m_blocks_list must be >= 1, got {m_blocks_list}")
-        for s, width in enumerate(filter_list):
-            mid = int(width * ratio)
-            if width < 2 or width % 2 != 0:
-                raise ValueError(
-                    f"Net1D: filter_list[{s}] must be an even width >= 2 (squeeze-excitation halves it), got {width}"
-                )
-            if mid < groups_width or mid % groups_width != 0:
-                raise ValueError(
-                    f"Net1D: bottleneck width int(filter_list[{s}] * ratio) = {mid} must be a positive "
-                    f"multiple of groups_width={groups_width}"
-                )
+        _check_net1d_args(
+            {"in_channels": in_channels, "base_filters": base_filters, "ratio": ratio, "filter_list": filter_list,
+             "m_blocks_list": m_blocks_list, "kernel_size": kernel_size, "stride": stride,
+             "groups_width": groups_width, "n_classes": n_classes},
+        )  # fmt: skip
 
         self.in_channels = in_channels
         self.base_filters = base_filters
@@ -325,25 +317,14 @@ class Net1D(nn.Module):
 
         self.first_conv = _ConvSame(in_channels, base_filters, kernel_size, stride=stride)
         self.first_bn = nn.BatchNorm1d(base_filters)
-        stages = []
-        width_in = base_filters
-        for s, (width, n_blocks) in enumerate(zip(filter_list, m_blocks_list)):
-            stages.append(
-                _BasicStage(
-                    stage_index=s,
-                    in_channels=width_in,
-                    out_channels=width,
-                    ratio=ratio,
-                    kernel_size=kernel_size,
-                    stride=stride,
-                    groups=int(width * ratio) // groups_width,
-                    num_blocks=n_blocks,
-                    use_bn=use_bn,
-                    use_do=use_do,
-                )
+        widths_in = [base_filters] + filter_list[:-1]
+        self.stage_list = nn.ModuleList(
+            _BasicStage(
+                s, widths_in[s], width, n_blocks, ratio=ratio, kernel_size=kernel_size, stride=stride,
+                groups=int(width * ratio) // groups_width, use_bn=use_bn, use_do=use_do,
             )
-            width_in = width
-        self.stage_list = nn.ModuleList(stages)
+            for s, (width, n_blocks) in enumerate(zip(filter_list, m_blocks_list))
+        )  # fmt: skip
         self.dense: nn.Linear | None = nn.Linear(self.num_features, n_classes) if n_classes > 0 else None
 
     def config(self) -> dict[str, Any]:

@@ -67,7 +67,8 @@ def parse_recipe_args(
     wrote. The whole configuration is validated (:func:`pacx.pipeline.schema.validate_config`)
     before anything runs: a bad key, type or value exits with status 2 and names the key.
     ``--print-config`` prints the result as YAML and exits. Otherwise the ``pacx`` logger is
-    sent to stdout and ``<out>/log.txt`` (:func:`pacx.pipeline.console.configure_logging`).
+    sent to stdout and ``<out>/log.txt`` (:func:`pacx.pipeline.console.configure_logging`) and
+    the configuration is written to ``<out>/run_config.json``.
 
     Args:
         description: the recipe's one-line summary, shown by ``--help``.
@@ -104,6 +105,8 @@ def parse_recipe_args(
     init_distributed()  # so that only rank 0 writes the log
     patient_group()  # a collective: every rank creates it here, before any of them works alone
     configure_logging(args.out)
+    if is_main_process():
+        save_json(cfg, Path(args.out) / "run_config.json")
     return args, cfg
 
 
@@ -150,14 +153,11 @@ def run_stage(stage: str, fn: Callable[..., dict[str, Any]], cfg: dict[str, Any]
     patient_group()
     out = Path(out)
     plan = plan or StagePlan([stage], cfg["profile"])
-    if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, out / "run_config.json")
     if not force and stage_is_done(out, stage, cfg):
         log.info("[pacx] %s", plan.header(stage, f"outputs for this configuration exist in {out / stage}, "
                                                  "skipping (--force reruns)"))
         return json.loads((out / stage / "done.json").read_text())
-    notes = []
+    notes, point = [], None
     if resume is not None:
         point = resume_point(out, stage, cfg, resume)
         kwargs["resume"] = None if point is None else str(point)
@@ -165,4 +165,4 @@ def run_stage(stage: str, fn: Callable[..., dict[str, Any]], cfg: dict[str, Any]
         notes.append("no checkpoint of this stage, starting from step 0" if point is None else f"resuming from {shown}")
     if is_main_process():
         save_json({"stage": stage, "config": stage_dependencies(cfg, stage)}, out / stage / _STARTED)
-    return plan.timed(stage, fn, cfg, out, notes=notes, **kwargs)
+    return plan.timed(stage, fn, cfg, out, notes=notes, record=point is None, **kwargs)

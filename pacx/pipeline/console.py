@@ -125,8 +125,12 @@ class StagePlan:
         when = "" if eta is None else f", ETA {format_seconds(eta)} from an earlier {self.key.split('/')[0]} run"
         return f"[{self.stages.index(stage) + 1}/{len(self.stages)}] {stage}: {status} ({elapsed}{when})"
 
-    def timed(self, stage: str, fn: Callable[..., Any], *args: Any, notes: Sequence[str] = (), **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` as ``stage``: log its header (then ``notes``), time it, record it."""
+    def timed(self, stage: str, fn: Callable[..., Any], *args: Any, notes: Sequence[str] = (), record: bool = True,
+              **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` as ``stage``: log its header (then ``notes``), time it, record it.
+
+        ``record=False`` keeps the duration out of the timings (a stage resumed half-way).
+        """
         log = logging.getLogger("pacx")
         log.info("[pacx] %s", self.header(stage, "running"))
         for note in notes:
@@ -134,7 +138,8 @@ class StagePlan:
         start = time.perf_counter()
         result = fn(*args, **kwargs)
         seconds = time.perf_counter() - start
-        self.record(stage, seconds)
+        if record:
+            self.record(stage, seconds)
         log.info("[pacx] %s: done in %.1f s", stage, seconds)
         return result
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -41,11 +42,13 @@ from pacx.eval import (
     probe_task,
     r2_score,
     retrieval_recall_at_k,
+    seed_mean_std,
     segmentation_probe,
     train_linear_probe,
 )
 from pacx.io import load_json, load_safetensors
 
+from .console import format_seconds
 from .stages import build_distiller, data_root, probe_root
 
 __all__ = [
@@ -66,6 +69,7 @@ SETTING_THRESHOLDS = {
     "teacher_min_margin": 0.05,  # teacher probe AUROC - best CXR encoder, every physiology task (validation)
 }
 _PIXEL_SIDE = 32  # raw-pixel reference probe: the image average-pooled to 32 x 32 = 1,024 inputs
+log = logging.getLogger(__name__)
 
 
 def summarize_metric(result: Mapping[str, Any], metric: str) -> dict[str, Any]:
@@ -77,9 +81,10 @@ def summarize_metric(result: Mapping[str, Any], metric: str) -> dict[str, Any]:
     else:
         values = [float(result[metric])]
     pooled = result.get("pooled", {}).get(metric, result.get(metric))
+    mean, std = seed_mean_std(values)
     return {
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "mean": mean,
+        "std": std,
         "per_seed": values,
         "pooled": None if pooled is None else float(pooled),
         "ci": [float(v) for v in result.get("ci", {}).get(metric, [np.nan, np.nan])],
@@ -383,6 +388,11 @@ def _variant_rows(ctx: EvaluationContext, variants: Mapping[str, Mapping[str, An
     return {"full_objective": row("pacx"), **{n: {"overrides": dict(o), **row(n)} for n, o in variants.items()}}
 
 
+def _part(start: float, text: str) -> None:
+    """One progress line per part of the evaluation."""
+    log.info("[pacx] evaluate: %s (elapsed %s)", text, format_seconds(time.perf_counter() - start))
+
+
 def evaluate_run(cfg: Mapping[str, Any], out: str | Path, variants: Mapping[str, Mapping[str, Any]] | None = None,
                  figures: bool = True) -> dict[str, Any]:
     """Stage 3 of a run: setting checks, the claims' measurements and diagnostics (the ``results.json`` body).
@@ -403,11 +413,16 @@ def evaluate_run(cfg: Mapping[str, Any], out: str | Path, variants: Mapping[str,
     with _threads(1):
         encoders = {n: load_backbone(out / "backbones" / n).eval() for n in names}
         ctx = EvaluationContext(cfg, out, encoders, threads)
+        _part(start, f"linear probes of {len(names)} encoders on {len(ctx.tasks())} tasks")
         probes, entries = _task_entries(ctx, names)
+        _part(start, "setting checks")
         results: dict[str, Any] = {"setting_checks": setting_checks(ctx, probes), "tasks": entries}
         if "segmentation" in ctx.meta:
+            _part(start, "segmentation probe")
             results["tasks"].update(_segmentation(ctx, ENCODERS))
+        _part(start, f"low-data probes at {cfg['eval']['low_data_fractions']}")
         results["low_data"], curves = _low_data(ctx, probes)
+        _part(start, "alignment, retrieval, variants and latent readout")
         align = _alignment(ctx, names) if (out / "teachers" / "test").is_dir() else {}
         if align:
             results["alignment_details"] = {n: align[n] for n in ENCODERS}
@@ -421,6 +436,7 @@ def evaluate_run(cfg: Mapping[str, Any], out: str | Path, variants: Mapping[str,
         if figures and is_main_process():
             from .figures import draw_figures
 
+            _part(start, "figures")
             results["figures"] = draw_figures(ctx, probes, curves)
     results["eval_seconds"] = time.perf_counter() - start
     return results

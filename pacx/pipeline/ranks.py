@@ -6,20 +6,22 @@ ordinary barrier fails. :func:`patient_barrier` waits on a gloo group of its own
 is :data:`PATIENT_TIMEOUT` (30 days: it does not expire in practice), created once by every
 rank at start-up (:func:`patient_group`, called by the recipes' command line and by
 :func:`pacx.pipeline.run_stage`). Should the working rank fail instead, ``torchrun`` stops the
-waiting ones. :func:`shard` splits rows between ranks. Single-process runs do nothing special.
+waiting ones. :func:`as_single_process` keeps the working rank out of collectives,
+:func:`shard` splits rows between ranks. Single-process runs do nothing special.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch.distributed as dist
 
 from pacx.distributed import get_rank, get_world_size, is_distributed
 
-__all__ = ["PATIENT_TIMEOUT", "main_process_first", "patient_barrier", "patient_group", "shard"]
+__all__ = ["PATIENT_TIMEOUT", "as_single_process", "main_process_first", "patient_barrier", "patient_group", "shard"]
 
 PATIENT_TIMEOUT = datetime.timedelta(days=30)
 T = TypeVar("T")
@@ -45,6 +47,26 @@ def patient_barrier() -> None:
     group = patient_group()
     if group is not None:
         dist.barrier(group=group)
+
+
+@contextlib.contextmanager
+def as_single_process() -> Iterator[None]:
+    """Run a block on this rank alone, as if no process group existed.
+
+    Work one rank does by itself must not enter a collective: the other ranks are not there to
+    answer. Some libraries gather across ranks on their own whenever ``torch.distributed`` is
+    initialised (MONAI's cumulative metrics, behind pacx.eval's AUROC, F1, Dice and IoU), so
+    inside this block ``torch.distributed.is_initialized()`` answers False. Nothing else changes.
+    """
+    if not is_distributed():
+        yield
+        return
+    initialised = dist.is_initialized
+    dist.is_initialized = lambda: False  # read at call time by torch's users, pacx.distributed included
+    try:
+        yield
+    finally:
+        dist.is_initialized = initialised
 
 
 def main_process_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

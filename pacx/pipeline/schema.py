@@ -225,7 +225,8 @@ def _check_together(cfg: Mapping[str, Any]) -> None:
     teachers = cfg["distill"]["teachers"]
     for i, name in enumerate(teachers):
         if name not in list_teachers():
-            raise ConfigError(f"distill.teachers[{i}]", f"expected a registered teacher {list_teachers()}, got {name!r}")
+            raise ConfigError(f"distill.teachers[{i}]",
+                              f"expected a registered teacher {list_teachers()}, got {name!r}")
         if name not in cfg["teachers"]:
             raise ConfigError(f"distill.teachers[{i}]", f"teacher {name!r} has no section teachers.{name}")
     if len(set(teachers)) != len(teachers):

@@ -27,6 +27,7 @@ __all__ = [
     "build_distiller",
     "data_root",
     "mark_done",
+    "pretraining_root",
     "probe_root",
     "stage_dependencies",
     "stage_is_done",
@@ -135,6 +136,15 @@ def probe_root(cfg: Mapping[str, Any], out: str | Path) -> Path:
         return data_root(cfg, out)
     return _synthetic(cfg, out, make_cxr_corpus, dict(data["probe_sizes"]), image_size=int(data["image_size"]),
                       seed=int(cfg["seed"]), kind="probe")
+
+
+def pretraining_root(cfg: Mapping[str, Any], out: str | Path) -> Path:
+    """The images Stage 1 learns from: an unpaired CXR-only corpus of its own (``mae.corpus``) or the cohort."""
+    corpus = cfg["mae"].get("corpus")
+    if not corpus:
+        return data_root(cfg, out)
+    return _synthetic(cfg, out, make_cxr_corpus, {"train": int(corpus["n_train"])},
+                      image_size=int(corpus["image_size"]), seed=int(corpus["seed"]), kind="prior")
 
 
 def build_distiller(section: Mapping[str, Any], student: Any, teacher_dims: Mapping[str, int]) -> PaCXDistiller:

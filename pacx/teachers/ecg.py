@@ -8,6 +8,7 @@ weights are loaded, as in the paper. Without it, Net1D (``arch``: ``small`` or t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def preprocessed_ecg(root: Path, split: str, cache_dir: Path, chunk: int = 64) -
     raw = SymileMIMIC(root, split, modalities=("ecg",), ecg_preprocess=False)
     first = raw[0]["ecg"].numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")  # one per process: ranks may race here
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(raw), *first.shape))
     for lo in tqdm(range(0, len(raw), chunk), desc=f"ECG preprocessing ({split})", disable=not is_main_process()):
         hi = min(len(raw), lo + chunk)

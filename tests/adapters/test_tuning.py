@@ -43,6 +43,14 @@ def _randomise_adapters(model: nn.Module, seed: int = 1) -> None:
                 module.lora_B.copy_(0.05 * torch.randn(module.lora_B.shape, generator=gen))
 
 
+def _adapted_vit() -> nn.Module:
+    """The tiny ViT in eval mode with default LoRA adapters whose update is not zero."""
+    model = tiny_vit().eval()
+    apply_lora(model)
+    _randomise_adapters(model)
+    return model
+
+
 @pytest.fixture(scope="module")
 def vit_b_summary() -> tuple[LoRASummary, int, nn.Module]:
     # Only parameter counts are checked, so the meta device skips 86M random initialisations.
@@ -156,9 +164,7 @@ def test_final_norm_missing_raises():
 
 
 def test_merge_unmerge_model():
-    model = tiny_vit().eval()
-    apply_lora(model)
-    _randomise_adapters(model)
+    model = _adapted_vit()
     qkv = model.blocks[0].attn.qkv
     original = qkv.base_layer.weight.detach().clone()
     x = _images()
@@ -176,9 +182,7 @@ def test_merge_unmerge_model():
 
 
 def test_merged_model_state_dict_reloads_into_a_fresh_adapted_model(tmp_path):
-    model = tiny_vit().eval()
-    apply_lora(model)
-    _randomise_adapters(model)
+    model = _adapted_vit()
     x = _images()
     expected = model(x)
     merge_lora(model)
@@ -192,9 +196,7 @@ def test_merged_model_state_dict_reloads_into_a_fresh_adapted_model(tmp_path):
 
 
 def test_unwrap_loads_strictly_into_timm(tmp_path):
-    model = tiny_vit().eval()
-    apply_lora(model)
-    _randomise_adapters(model)
+    model = _adapted_vit()
     x = _images()
     expected = model(x)
     assert unwrap_lora(model) is model

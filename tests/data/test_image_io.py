@@ -9,6 +9,7 @@ from PIL import Image
 
 from pacx.data.image_io import minmax_to_uint8, read_dicom_gray8, to_grayscale_8bit
 from pacx.data.transforms import load_cxr
+from tests.data._dicom import write_dicom
 
 
 def _image12() -> np.ndarray:
@@ -17,29 +18,6 @@ def _image12() -> np.ndarray:
     image = rng.integers(0, 4096, size=(24, 20), dtype=np.uint16)
     image[0, 0], image[0, 1] = 0, 4095
     return image
-
-
-def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes) -> None:
-    """A small uncompressed 12-bit-in-16 DICOM made with pydicom; extra attributes are set as given."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
 
 
 def test_minmax_and_8bit_policy():

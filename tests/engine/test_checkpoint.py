@@ -252,3 +252,19 @@ def test_remove_incomplete_checkpoints(tmp_path):
     removed = remove_incomplete_checkpoints(tmp_path)
     assert [p.name for p in removed] == ["step_3.tmp-abc"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_2"]
+
+
+def test_checkpoint_and_final_folders_follow_the_umask(tmp_path):
+    import os
+
+    from pacx.engine.checkpoint import save_checkpoint, save_final
+
+    previous = os.umask(0o022)
+    try:
+        ckpt = save_checkpoint(tmp_path / "checkpoints", 1, {"w": torch.zeros(2)})
+        final = save_final(tmp_path / "final", {"w": torch.zeros(2)}, {"step": 1})
+    finally:
+        os.umask(previous)
+    for folder in (ckpt, final):
+        assert (folder.stat().st_mode & 0o777) == 0o755, folder
+        assert ((folder / "model.safetensors").stat().st_mode & 0o777) == 0o644

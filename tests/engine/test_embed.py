@@ -12,6 +12,7 @@ pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from pacx.engine import embed_files, embed_folder, export_backbone, load_image  # noqa: E402
+from tests.data._dicom import write_dicom  # noqa: E402
 from tests.utils import require_shared_data  # noqa: E402
 
 ROOT_RECIPES = __import__("pathlib").Path(__file__).resolve().parents[2] / "recipes"
@@ -29,26 +30,6 @@ def _gray() -> np.ndarray:
     image = rng.integers(0, 256, size=(40, 48), dtype=np.uint8)
     image[0, 0], image[0, 1] = 0, 255  # full range, so min-max scaling is the identity
     return image
-
-
-def _write_dicom(path, pixels: np.ndarray, photometric: str) -> None:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
 
 
 def test_embed_folder_reports_unreadable_files(tmp_path, backbone):
@@ -85,8 +66,8 @@ def test_dicom_matches_png_and_monochrome1_is_inverted(tmp_path, backbone):
         pytest.skip("optional extra pacx[dicom] (pydicom) not installed")
     gray = _gray()
     Image.fromarray(gray).save(tmp_path / "x.png")
-    _write_dicom(tmp_path / "x2.dcm", gray.astype(np.uint16) * 16, "MONOCHROME2")
-    _write_dicom(tmp_path / "x1.dcm", (255 - gray.astype(np.uint16)) * 16, "MONOCHROME1")
+    write_dicom(tmp_path / "x2.dcm", gray.astype(np.uint16) * 16, "MONOCHROME2")
+    write_dicom(tmp_path / "x1.dcm", (255 - gray.astype(np.uint16)) * 16, "MONOCHROME1")
     Image.fromarray(gray.astype(np.uint16) * 16).save(tmp_path / "x16.png")  # the 12-bit values as PNG
     png = load_image(tmp_path / "x.png", (32, 32))
     for name in ("x2.dcm", "x1.dcm", "x16.png"):

@@ -60,3 +60,17 @@ def test_build_optimizer_is_adamw_with_groups():
     opt = build_optimizer(_Net(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
     assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 2
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_a_model_can_delegate_to_the_policy():
+    # PaCXDistiller.param_groups delegates like this: no recursion, the engine's grouping
+    class Delegating(_Net):
+        def param_groups(self, weight_decay):
+            return param_groups(self, weight_decay, use_model_groups=False)
+
+    model = Delegating()
+    delegated = {g["name"]: _names(model, g) for g in param_groups(model, 0.05)}
+    plain = _Net()
+    assert delegated == {g["name"]: _names(plain, g) for g in param_groups(plain, 0.05)}
+    with pytest.raises(ValueError, match="weight_decay must be >= 0 and finite"):
+        param_groups(model, float("nan"))

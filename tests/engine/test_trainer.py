@@ -235,9 +235,9 @@ def test_validation_is_weighted_by_batch_size_and_leaves_training_unchanged(tmp_
     assert with_val.training and with_val.net[3].training  # training mode is back
     rows = {int(r["step"]): r for r in _csv(tmp_path / "val" / "logs" / "metrics.csv")}
     assert [s for s, r in rows.items() if r["val_loss"]] == [12, 18]  # every 2nd epoch and the last step
-    assert float(rows[12]["val_loss"]) == 3.5 and float(rows[12]["val_double"]) == 7.0
+    assert float(rows[12]["val_loss"]) == pytest.approx(3.5) and float(rows[12]["val_double"]) == pytest.approx(7.0)
     assert rows[12]["loss"] and rows[12]["lr"]  # one row per step: train and val scalars together
-    assert result["best"]["step"] == 12 and plain["best"] is None
+    assert result["best"]["val_loss"] == pytest.approx(3.5) and plain["best"] is None
 
 
 def test_progress_names_the_stage_and_epoch(tmp_path, monkeypatch):

@@ -85,8 +85,14 @@ def test_training_curves_put_train_and_validation_on_the_same_axes(tmp_path):
         rows.append(f"{step},{2.0 / step:.4f},{1e-3:.6f},{step / 4},{val}")
     csv = tmp_path / "metrics.csv"
     csv.write_text("\n".join(rows) + "\n")
-    assert _curve_panels(["loss", "lr", "val_loss"]) == {"loss": {"train": "loss", "val": "val_loss"}, "lr": {"train": "lr"}}
-    assert _curve_panels(["val/auroc", "train/loss"]) == {"auroc": {"val": "val/auroc"}, "loss": {"train": "train/loss"}}
+    assert _curve_panels(["loss", "lr", "val_loss"]) == {
+        "loss": {"train": "loss", "val": "val_loss"},
+        "lr": {"train": "lr"},
+    }
+    assert _curve_panels(["val/auroc", "train/loss"]) == {
+        "auroc": {"val": "val/auroc"},
+        "loss": {"train": "train/loss"},
+    }
     _check_png(plot_training_curves(csv, tmp_path / "curves.png"))
     with pytest.raises(ValueError, match="x column 'time'"):
         plot_training_curves(csv, tmp_path / "x.png", x="time")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pacx.eval.linear_probe import compare, predict_linear_probe, probe_task, train_linear_probe
 from pacx.eval.metrics import macro_auroc
@@ -120,3 +121,30 @@ def test_validation(splits):
         train_linear_probe(x["train"], y["train"][:10], x["val"], y["val"], x["test"])
     with pytest.raises(ValueError, match="missing 'val'"):
         probe_task({"train": x["train"], "test": x["test"]}, y, "binary")
+
+
+def test_binary_lbfgs_b_reaches_the_same_optimum_as_torch_lbfgs():
+    from pacx.eval.linear_probe import _fit_binary_lbfgs_b, _fit_lbfgs
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(700, 16)) @ rng.normal(size=(16, 16))  # correlated features, as class tokens are
+    y = (x @ rng.normal(size=16) + rng.normal(size=700) * 4 > 0).astype(int)
+    xt, xv = torch.tensor(x[:500], dtype=torch.float32), torch.tensor(x[500:], dtype=torch.float32)
+    xt, xv = (xt - xt.mean(0)) / xt.std(0), (xv - xt.mean(0)) / xt.std(0)
+    yt, yv = torch.tensor(y[:500], dtype=torch.float32).view(-1, 1), y[500:].reshape(-1, 1).astype(float)
+    grid = (1e-4, 1e-2, 1.0)
+    ref, ref_rec = _fit_lbfgs(xt, yt, xv, yv, "binary", 1, grid, 500, torch.device("cpu"))
+    new, new_rec = _fit_binary_lbfgs_b(xt, yt, xv, yv, grid, 500)
+    assert new_rec["selected_l2"] == ref_rec["selected_l2"]
+    with torch.no_grad():
+        assert torch.allclose(torch.sigmoid(new(xv)), torch.sigmoid(ref(xv)), atol=2e-3)
+
+
+def test_full_data_lbfgs_probe_is_fitted_once_for_every_seed():
+    rng = np.random.default_rng(0)
+    x = {k: rng.normal(size=(n, 6)) for k, n in (("train", 120), ("val", 60), ("test", 60))}
+    y = {k: (v[:, 0] + rng.normal(size=len(v)) > 0).astype(int) for k, v in x.items()}
+    out = probe_task(x, y, "binary", seeds=(0, 1, 2), method="lbfgs", n_resamples=0)
+    assert out["per_seed"][0] == out["per_seed"][1] == out["per_seed"][2]
+    single = train_linear_probe(x["train"], y["train"], x["val"], y["val"], x["test"], y["test"], method="lbfgs")
+    assert np.allclose(out["test_probs"], single["test_probs"])

@@ -23,6 +23,7 @@ from pacx.eval.metrics import (
     nanmean_warn,
     paired_bootstrap,
     roc_auc_per_label,
+    seed_mean_std,
     to_multi_hot,
     tune_thresholds,
 )
@@ -193,3 +194,11 @@ def test_delong_variance_matches_pairwise_placements():
     ) / neg.sum()
     out = delong_test(y, a, b)
     assert out["z"] == pytest.approx((auc_a - auc_b) / np.sqrt(var))
+
+
+def test_seed_mean_std_is_the_sample_spread_and_zero_for_one_seed():
+    mean, std = seed_mean_std([0.7, 0.8, 0.9])
+    assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)  # ddof=1: sqrt(0.02 / 2)
+    assert seed_mean_std(np.array([0.5])) == (0.5, 0.0)
+    with pytest.raises(ValueError, match="at least one per-seed value"):
+        seed_mean_std([])

@@ -254,7 +254,9 @@ def test_check_finite_raises_on_non_finite_inputs(a: torch.Tensor, b: torch.Tens
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_inputs_give_a_non_finite_loss_without_check(normalize: bool, label_smoothing: float, bad: float) -> None:
+def test_non_finite_inputs_give_a_non_finite_loss_without_check(
+    normalize: bool, label_smoothing: float, bad: float
+) -> None:
     # The default path reads no device value, so a bad input must show in the loss itself (never a finite,
     # silently wrong value). Cases: one entry of a or of b; a whole row; an Inf facing a zero in its pair.
     fn = GlobalInfoNCE(label_smoothing=label_smoothing, normalize=normalize).double()

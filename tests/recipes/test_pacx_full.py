@@ -1,79 +1,93 @@
-"""The quick profile end to end, interrupted after two stages and resumed.
+"""The quick profile end to end: killed in Stage 2, resumed with ``--resume latest``, and checked.
 
-One run is killed with SIGKILL once the lab teacher's stage has finished; rerunning the same
-command must skip the finished stages and complete the rest. The finished run is then
-checked: every results.json key the README promises, finite values, and a PaCX backbone that
-plain timm loads.
+The resumed run must equal a run whose Stage 2 was never interrupted (bitwise on CPU: the
+Trainer restores weights, optimiser, schedule, data order and RNG streams), skip the stages that
+had finished, say where Stage 2 continued from, and report every results.json key the README
+promises. ``evaluate.py`` run alone on a finished run writes the same report.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
-from tests.utils import SHARED_DATA
+from .conftest import REAL, recipe_command, run_recipe
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "recipes" / "pacx_full.py"
-
-
-def _command(out: Path, real_eval: bool = False) -> list[str]:
-    cmd = [sys.executable, str(RECIPE), "--profile", "quick", "--out", str(out), "--seed", "0"]
-    return cmd + (["--real-eval"] if real_eval else [])
+_RUN_SPECIFIC = {"timings", "eval_seconds", "figures", "real_data"}  # wall-clock times, paths, --real-eval only
 
 
-REAL = (SHARED_DATA / "montgomery").is_dir()
+def _numbers(results: dict) -> dict:
+    """results.json without what depends on the run's folder, its wall-clock times or --real-eval."""
+    return {k: v for k, v in results.items() if k not in _RUN_SPECIFIC}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pacx_full")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    marker = out / "teacher_labs" / "done.json"
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        if first.poll() is not None:
-            raise AssertionError("the first run ended before it could be interrupted:\n" + first.stdout.read().decode())
-        if time.monotonic() > deadline:
-            first.kill()
-            raise AssertionError("teacher_labs stage did not finish within 600 s")
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=60)
-    first.stdout.close()
-    assert not (out / "results.json").exists()
-
-    second = subprocess.run(_command(out, real_eval=REAL), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
-    return out, second.stdout
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
 
 
-def test_resume_skips_finished_stages(finished_run):
-    _, log = finished_run
-    assert "mae: outputs for this configuration exist" in log
-    assert "teacher_labs: outputs for this configuration exist" in log
-    assert "distill: running" in log
+def test_resume_continues_the_interrupted_stage(quick_runs):
+    log = quick_runs.resumed_log
+    for stage in ("data", "mae", "teacher_ecg", "teacher_labs", "teachers"):
+        assert f"{stage}: outputs for this configuration exist" in log, stage
+    step = re.search(r"\[pacx\] distill: resuming from checkpoints/step_(\d+)", log)
+    assert step is not None and int(step.group(1)) >= 1, log[-3000:]
+    # The variants never started: they start from step 0.
+    assert "variant_shuffled_teachers: no checkpoint of this stage, starting from step 0" in log
+    done = json.loads((quick_runs.resumed / "distill" / "config.json").read_text())
+    assert done["resolved"]["resumed_from"].endswith(f"step_{step.group(1)}")
+
+
+@pytest.mark.parametrize("backbone", ["pacx", "shuffled_teachers", "regression_only", "mae"])
+def test_resumed_weights_equal_the_uninterrupted_run(quick_runs, backbone):
+    resumed = load_file(quick_runs.resumed / "backbones" / backbone / "model.safetensors")
+    reference = load_file(quick_runs.uninterrupted / "backbones" / backbone / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference), backbone
+
+
+def test_resumed_results_equal_the_uninterrupted_run(quick_runs):
+    resumed, reference = _results(quick_runs.resumed), _results(quick_runs.uninterrupted)
+    assert _numbers(resumed) == _numbers(reference)
+    assert resumed["timings"].keys() == reference["timings"].keys()
+
+
+def test_console_and_log_file(quick_runs):
+    log = quick_runs.uninterrupted_log
+    # Numbered stage headers with the elapsed time; an ETA once an earlier run timed the stages.
+    assert re.search(r"\[pacx\] \[6/9\] distill: running \(elapsed \d+:\d\d\)", log)
+    assert re.search(r"\[pacx\] \[9/9\] evaluate: running \(elapsed [\d:]+, ETA [\d:]+ from an earlier quick run\)",
+                     quick_runs.resumed_log)
+    assert "[pacx] data: cohort ready" in quick_runs.killed_log
+    for part in ("linear probes of", "setting checks", "low-data probes", "figures"):
+        assert f"[pacx] evaluate: {part}" in log, part
+    # The same lines in <out>/log.txt (the killed run's and the resumed run's, appended).
+    file_log = (quick_runs.resumed / "log.txt").read_text()
+    for line in (quick_runs.killed_log + quick_runs.resumed_log).splitlines():
+        if line.startswith("[pacx]"):
+            assert line in file_log, line
+
+
+def test_no_warning_comes_from_pacx(quick_runs):
+    logs = quick_runs.killed_log + quick_runs.uninterrupted_log + quick_runs.resumed_log
+    ours = [line for line in logs.splitlines() if re.search(r"/(pacx|recipes)/[\w/]+\.py:\d+: \w*Warning", line)]
+    assert not ours, "\n".join(ours)
 
 
 def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def test_results_json_has_the_promised_keys(finished_run):
-    out, _ = finished_run
-    results = json.loads((out / "results.json").read_text())
+def test_results_json_has_the_promised_keys(quick_runs):
+    out = quick_runs.resumed
+    results = _results(out)
     assert results["profile"] == "quick" and results["seed"] == 0
     assert results["mask_ratio"] == pytest.approx(0.9)
     assert {"data", "mae", "teacher_ecg", "teacher_labs", "teachers", "distill", "variant_shuffled_teachers",
@@ -101,7 +115,7 @@ def test_results_json_has_the_promised_keys(finished_run):
     for task in ("reduced_ef", "fluid_overload", "nodule"):
         assert _finite(results["tasks"][task]["shuffled_teachers"]["mean"])
         assert 0.0 <= results["tasks"][task]["p_value_control"] <= 1.0
-    assert set(results["latent_readout"]) == {"random", "mae", "pacx", "pixels"}
+    assert {"random", "mae", "pacx", "pixels"} <= set(results["latent_readout"])
     for readout in results["latent_readout"].values():
         assert {"ctr", "effusion", "haze"} <= set(readout)
         assert all(_finite(r2) and r2 <= 1.0 for r2 in readout.values())
@@ -115,8 +129,8 @@ def test_results_json_has_the_promised_keys(finished_run):
         Path(f).name for f in results["figures"]["written"]}
 
 
-def test_exported_backbone_loads_into_timm(finished_run):
-    out, _ = finished_run
+def test_exported_backbone_loads_into_timm(quick_runs):
+    out = quick_runs.resumed
     cfg = json.loads((out / "backbones" / "pacx" / "config.json").read_text())
     model = timm.create_model(f"local-dir:{out / 'backbones' / 'pacx'}", pretrained=True)  # timm's hub layout
     size = timm.data.resolve_data_config({}, model=model)["input_size"][-1]
@@ -128,26 +142,27 @@ def test_exported_backbone_loads_into_timm(finished_run):
         out / "backbones" / "pacx" / "model.safetensors").stat().st_mtime
 
 
-@pytest.mark.skipif(not REAL, reason=f"sample data {SHARED_DATA / 'montgomery'} not present")
-def test_real_eval_rows(finished_run):
-    out, _ = finished_run
-    real = json.loads((out / "results.json").read_text())["real_data"]
+@pytest.mark.skipif(not REAL, reason="sample data ../shared/data/montgomery not present")
+def test_real_eval_rows(quick_runs):
+    out = quick_runs.resumed
+    real = _results(out)["real_data"]
     for key in ("tb_auroc", "lung_dice", "lung_iou"):
         assert set(real[key]) == {"random", "mae", "pacx"}
         assert all(0.0 <= v["mean"] <= 1.0 for v in real[key].values())
     assert "Montgomery" in (out / "results.md").read_text()
 
 
-def test_evaluate_recipe_reports_the_stage1_mask_ratio(finished_run, tmp_path):
-    # Stage 3 alone, on a copy of the finished run so the other tests keep their results.json.
-    out, _ = finished_run
+def test_evaluate_recipe_alone_writes_the_same_report(quick_runs, tmp_path):
+    # Stage 3 alone, on a copy of the finished run so the other tests keep their results.
+    out = quick_runs.uninterrupted
     copy = tmp_path / "run"
-    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("results.*", "figures"))
-    cmd = [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--profile", "quick", "--out", str(copy), "--seed", "0"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    results = json.loads((copy / "results.json").read_text())
-    assert results["mask_ratio"] == pytest.approx(0.9)
-    assert "MAE mask ratio used in Stage 1: 0.9." in (copy / "results.md").read_text()
-    assert results["tasks"]["reduced_ef"]["pacx"]["mean"] == pytest.approx(
-        json.loads((out / "results.json").read_text())["tasks"]["reduced_ef"]["pacx"]["mean"])
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("results.*", "figures", "eval"))
+    run_recipe(recipe_command("evaluate.py", copy), quick_runs.env)
+    alone, full = _results(copy), _results(out)
+    assert _numbers(alone) == _numbers(full)  # the variant rows and the control included
+    assert {k: v for k, v in alone["timings"].items() if k != "evaluate"} == {
+        k: v for k, v in full["timings"].items() if k != "evaluate"}
+    assert alone["timings"].keys() == full["timings"].keys()
+    strip = re.compile(r"\| evaluate \| [\d.]+ \|")  # the report prints the evaluation's own seconds
+    assert strip.sub("", (copy / "results.md").read_text()) == strip.sub("", (out / "results.md").read_text())
+    assert {Path(f).name for f in alone["figures"]["written"]} == {Path(f).name for f in full["figures"]["written"]}

@@ -2,7 +2,7 @@
 
 Streaming ``.npy`` writes with running SHA-256 digests, an ordered thread map, deterministic
 CSV text, the parameter hash that keys the cache, the content digest of ``cohort.json``, and
-the atomic rename of a finished folder into place.
+the atomic rename of a finished folder into place (:func:`build_into`, :func:`publish`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pacx.io import make_temp_dir
 __all__ = [
     "ChunkedArrays",
     "NpyWriter",
+    "build_into",
     "content_hash",
     "default_workers",
     "map_bounded",
@@ -184,3 +185,18 @@ def publish(tmp: Path, target: Path, params: Mapping, force: bool) -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_into(target: Path, params: Mapping, force: bool, generate: Callable[[Path], None]) -> Path:
+    """Run ``generate`` on a fresh temporary folder beside ``target``, then :func:`publish` it.
+
+    On any error (an interrupt included) the temporary folder is deleted and the error re-raised,
+    so a failed run leaves nothing half written.
+    """
+    tmp = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        generate(tmp)
+        return publish(tmp, target, params, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -21,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from pacx.constants import IMAGENET_MEAN, IMAGENET_STD
-from pacx.io import make_temp_dir
 from pacx.data.vitals import VITAL_ITEMIDS, VITAL_NAMES, VITAL_UNITS
 
 from ._common import check_image_size, check_positive_int, check_seed, take
-from ._writing import (ChunkedArrays, content_hash, default_workers, map_bounded, params_hash, publish,
+from ._writing import (ChunkedArrays, build_into, content_hash, default_workers, map_bounded, params_hash,
                        read_parameters, sha256, to_csv)
 from .cxr import imagenet_normalised, render_cxr
 from .ecg import ECG_LABELS, ECG_SAMPLES, ECG_SAMPLING_RATE, MIMIC_ECG_LEADS, ecg_labels, simulate_ecg
@@ -154,13 +152,7 @@ def make_cohort(
         if not force and read_parameters(target) == params:
             return target
 
-    tmp = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        _generate(tmp, params, sizes, num_workers)
-        return publish(tmp, target, params, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return build_into(target, params, force, lambda tmp: _generate(tmp, params, sizes, num_workers))
 
 
 def _render_chunk(sub: Mapping[str, np.ndarray], size: int, key: tuple[int, ...]) -> dict:

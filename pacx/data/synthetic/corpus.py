@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -13,10 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from pacx.constants import IMAGENET_MEAN, IMAGENET_STD
-from pacx.io import make_temp_dir
 
 from ._common import check_image_size, check_positive_int, check_seed, take
-from ._writing import (ChunkedArrays, content_hash, default_workers, map_bounded, params_hash, publish,
+from ._writing import (ChunkedArrays, build_into, content_hash, default_workers, map_bounded, params_hash,
                        read_parameters, sha256, to_csv)
 from .cohort import CHUNK, COHORT_VERSION
 from .cxr import imagenet_normalised, render_cxr
@@ -89,13 +87,7 @@ def make_cxr_corpus(
     target = root / f"corpus_{params_hash(params)}"
     if not force and read_parameters(target) == params:
         return target
-    tmp = make_temp_dir(root, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        _generate_corpus(tmp, params, num_workers)
-        return publish(tmp, target, params, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return build_into(target, params, force, lambda tmp: _generate_corpus(tmp, params, num_workers))
 
 
 def _render_cxr_chunk(sub: Mapping[str, np.ndarray], size: int, key: tuple[int, ...]) -> dict:
