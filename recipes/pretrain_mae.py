@@ -47,7 +47,8 @@ def export_prior(name: str, mae: MaskedAutoencoderViT, cfg: dict[str, Any], out:
     """Write a shippable prior (``mae_prior_<name>.safetensors`` + its JSON record) under ``<out>/prior/``.
 
     The record holds the architecture, the corpus (parameters and content hash), the training run
-    and the file's SHA-256; copy both files into ``pacx/pretrained/`` to ship them.
+    (with ``info``'s ``selected`` and ``note`` when given: the checkpoint chosen and why) and the
+    file's SHA-256; copy both files into ``pacx/pretrained/`` to ship them.
     """
     corpus_root = pretraining_root(cfg, out)
     corpus = load_json(corpus_root / "cohort.json")
@@ -57,7 +58,8 @@ def export_prior(name: str, mae: MaskedAutoencoderViT, cfg: dict[str, Any], out:
         "mae_config": mae.config,
         "corpus": {**corpus["parameters"], "content_hash": corpus["content_hash"]},
         "training": {k: cfg["mae"][k] for k in ("epochs", "batch_size", "lr", "weight_decay", "betas", "warmup_fraction")}
-        | {"seed": cfg["seed"], "steps": info.get("steps"), "final_loss": info.get("final_loss")},
+        | {"seed": cfg["seed"], "steps": info.get("steps"), "final_loss": info.get("final_loss")}
+        | {k: info[k] for k in ("selected", "note") if k in info},  # which checkpoint, and why
         "recipe": f"python recipes/pretrain_mae.py --profile {cfg['profile']} --seed {cfg['seed']}",
     }
     return write_prior(name, mae.state_dict(), record, out / "prior")

@@ -52,6 +52,14 @@ def _add_resume(parser: argparse.ArgumentParser, resume: str) -> None:
                             help="continue the stage's training from its latest checkpoint or a checkpoint folder")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
 def parse_recipe_args(
     description: str,
     argv: Sequence[str] | None = None,
@@ -79,8 +87,7 @@ def parse_recipe_args(
     Returns:
         The parsed arguments and the validated configuration.
     """
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     add_common_arguments(parser, DEFAULT_OUT)
     parser.add_argument("--mae-checkpoint", default=None,
                         help="MAE weights to start from instead of the profile's (facebookresearch, timm, "

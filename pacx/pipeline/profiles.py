@@ -76,7 +76,8 @@ _CPU["data"].update(n_patients=4000, image_size=64,
 _CPU["mae"].update(
     arch={"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
           "decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4, "mlp_ratio": 4.0},
-    epochs=20, batch_size=128, lr=1.5e-3,
+    epochs=20, batch_size=128, lr=1.5e-3,  # used when the prior is switched off (mae.checkpoint=null)
+    checkpoint="prior:cpu64",  # the shipped Stage-1 prior (pacx/pretrained/), see _PRIOR below
 )
 _CPU["teachers"]["ecg"].update(epochs=4)
 _CPU["teachers"]["labs"].update(epochs=30, latent_dim=256, hidden_dim=512)
@@ -90,9 +91,11 @@ _CPU["trainer"].update(log_every=20, save_every=200)
 # The Stage-1 prior of the ``cpu`` profile, pretrained once (like the paper's CheXpert MAE) on an
 # unpaired CXR-only corpus of the same generator: its own seed and patient ids, 20 times the
 # cpu cohort's 2,000 training pairs. ``python recipes/pretrain_mae.py --profile prior --seed 1000``
-# rebuilds it.
+# rebuilds it; the shipped weights are its epoch-25 checkpoint (``checkpoints/step_7800``), chosen
+# on validation probes (docs/protocol.md).
 _PRIOR: dict[str, Any] = copy.deepcopy(_CPU)
 _PRIOR["mae"].update(
+    checkpoint=None,
     epochs=30, batch_size=128, lr=1.5e-3, warmup_fraction=0.05,
     corpus={"n_train": 40000, "image_size": 64, "seed": 1000}, export_prior="cpu64",
 )
@@ -109,7 +112,7 @@ _GPU["mae"].update(
     arch={"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6,
           "decoder_embed_dim": 256, "decoder_depth": 4, "decoder_num_heads": 8, "mlp_ratio": 4.0},
     epochs=8, batch_size=512, lr=1.5e-4 * 512 / 256, warmup_fraction=0.1,
-    corpus={"n_train": 100000, "image_size": 112, "seed": 1000},
+    corpus={"n_train": 100000, "image_size": 112, "seed": 1000}, checkpoint=None,  # its prior is pretrained in the run
 )
 _GPU["teachers"]["ecg"].update(epochs=4, batch_size=256)
 _GPU["teachers"]["labs"].update(epochs=30, batch_size=256, latent_dim=256, hidden_dim=512)
@@ -127,6 +130,7 @@ _PAPER["mae"].update(
     batch_size=512,
     lr=1.5e-4,  # authors: 1.5e-4 absolute, not scaled by batch (the MAE recipe would give 3e-4)
     warmup_fraction=0.025,  # authors: 10 of 400 epochs, stepped per epoch; stepped per step here
+    checkpoint=None,  # the CheXpert MAE comes from --mae-checkpoint
 )
 _PAPER["teachers"]["labs"].update(epochs=50, batch_size=256, lr=3e-4, latent_dim=256, hidden_dim=512,
                                   warmup_fraction=0.1)  # authors: 200 warmup steps of 1,950

@@ -24,7 +24,8 @@ PRIOR_PREFIX = "prior:"
 _HERE = Path(__file__).resolve().parent
 
 
-def _files(name: str, folder: Path = _HERE) -> tuple[Path, Path]:
+def _files(name: str, folder: Path | None = None) -> tuple[Path, Path]:
+    folder = _HERE if folder is None else folder
     return folder / f"mae_prior_{name}.safetensors", folder / f"mae_prior_{name}.json"
 
 
@@ -78,7 +79,8 @@ def resolve_mae_checkpoint(value: str | Path) -> Path:
     return weights
 
 
-def write_prior(name: str, state_dict: Mapping[str, Any], record: Mapping[str, Any], folder: str | Path = _HERE) -> Path:
+def write_prior(name: str, state_dict: Mapping[str, Any], record: Mapping[str, Any],
+                folder: str | Path | None = None) -> Path:
     """Write ``mae_prior_<name>.safetensors`` and its JSON record (with the file's SHA-256) atomically.
 
     Args:
@@ -90,7 +92,7 @@ def write_prior(name: str, state_dict: Mapping[str, Any], record: Mapping[str, A
     Returns:
         The weights path.
     """
-    weights, meta = _files(name, Path(folder))
+    weights, meta = _files(name, None if folder is None else Path(folder))
     save_safetensors(dict(state_dict), weights)
     save_json({**record, "file": weights.name, "sha256": _sha256(weights)}, meta)
     return weights

@@ -4,7 +4,8 @@ All benchmark jobs of a session run in ONE subprocess (``tests/benchmarks/_toy_r
 after another, each as ``__main__`` with its own argv: importing torch, timm and MONAI is most of a
 toy run's time, and paying it once keeps these tests to seconds each on an idle 2-core machine.
 ``bench_trainer.py`` has its own test (``test_bench_trainer.py``); ``gpu_check.sh``,
-``cuda_smoke.py`` and ``dist_infonce_check.py`` are checked through their CPU paths, ``--help``
+``cuda_smoke.py``, ``dist_infonce_check.py`` and ``bench_ranks.py`` (which spawns its own
+processes, so it runs in a subprocess of its own) are checked through their CPU paths, ``--help``
 and the command lines that ``gpu_check.sh`` would run.
 """
 
@@ -68,7 +69,8 @@ TOYS = [
     Toy("dist_infonce_check.py", ("--per-rank", "4", "--dim", "8"), ("nothing to compare",)),
 ]
 HELP = ["bench_losses.py", "bench_mae.py", "bench_distill.py", "bench_lora.py", "bench_data.py",
-        "bench_linear_probe.py", "cuda_smoke.py", "synthetic_cohort_audit.py", "dist_infonce_check.py"]
+        "bench_linear_probe.py", "cuda_smoke.py", "synthetic_cohort_audit.py", "dist_infonce_check.py",
+        "bench_ranks.py"]
 
 
 def gpu_check_steps() -> list[tuple[str, int, list[str]]]:
@@ -186,3 +188,19 @@ def test_dist_infonce_check_on_two_gloo_ranks(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAIL" not in proc.stdout and "PASS" in proc.stdout, proc.stdout
+
+
+@pytest.mark.distributed
+def test_bench_ranks_runs_one_and_two_gloo_ranks() -> None:
+    """The scaling benchmark trains on 1 and on 2 spawned ranks and prints a row for each."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(Path(BENCH) / "bench_ranks.py"), "--world-sizes", "1", "2", "--batch", "4",
+         "--steps", "2", "--warmup", "1", "--repeats", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| ranks | images/s | speed-up vs 1 rank |" in proc.stdout, proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if re.match(r"\| [12] \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"], proc.stdout
+    assert all(float(row.split("|")[2]) > 0 for row in rows), proc.stdout

@@ -53,3 +53,14 @@ def test_resume_latest_continues_from_the_stage_checkpoint(cfg, tmp_path, caplog
 def test_without_resume_nothing_is_passed(cfg, tmp_path):
     _stage.calls = []
     assert run_stage("distill", lambda c, o: {"ok": True}, cfg, tmp_path) == {"ok": True}
+
+
+def test_help_states_each_default_once(capsys):
+    from pacx.pipeline import parse_recipe_args
+
+    with pytest.raises(SystemExit):
+        parse_recipe_args("a recipe", ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "global seed (default: the config file's, else 0)" in text
+    assert "else 0) (default" not in text
+    assert "(default: runs/pacx_full)" in text  # options whose help does not name a default still show it
