@@ -12,8 +12,8 @@ Two solvers share one interface (:func:`train_linear_probe`):
   and standard deviation and a full-batch L-BFGS fits the same loss plus
   ``0.5 * l2 * ||W||^2`` for each penalty of a small grid (strongest first, warm-started);
   the penalty with the best validation macro AUROC is kept. The problem is convex and solved
-  from zero, so the seed only matters through a low-data subset. Binary tasks use SciPy's
-  L-BFGS-B on the same objective with its exact gradient (much faster on small problems).
+  from zero, so the seed only matters through a low-data subset. Binary tasks solve the same
+  objective exactly by Newton's method (float64, line search), much faster than L-BFGS here.
 
 Both report test and validation probabilities and :func:`pacx.eval.metrics.classification_metrics`
 (AUROC; F1 at the fixed 0.5 threshold like the paper, and at per-label thresholds tuned on
@@ -169,7 +169,7 @@ def _fit_adamw(
     return head, {"selected_epoch": best_epoch, "val_auroc_history": history}
 
 
-def _fit_binary_lbfgs_b(
+def _fit_binary_newton(
     x_tr: torch.Tensor,
     y_tr: torch.Tensor,
     x_va: torch.Tensor,
@@ -177,31 +177,49 @@ def _fit_binary_lbfgs_b(
     l2_grid: Sequence[float],
     max_iter: int,
 ) -> tuple[nn.Linear, dict]:
-    """The ``lbfgs`` objective of one binary output, minimised by SciPy's L-BFGS-B with an exact gradient.
+    """The ``lbfgs`` objective of one binary output, solved to its optimum by Newton's method.
 
-    The same loss (mean BCE-with-logits plus ``0.5 * l2 * ||w||^2``) and penalty path as
-    :func:`_fit_lbfgs`, in float64 numpy: PyTorch's L-BFGS spends most of its time in Python
-    per iteration, which made these small convex problems the bulk of an evaluation (measured
-    41 of 61 s in the quick profile's).
+    The same loss (mean BCE-with-logits plus ``0.5 * l2 * ||w||^2``, bias unpenalised) and
+    penalty path as :func:`_fit_lbfgs`, in float64 numpy. The problem is strictly convex, so
+    Newton's method with a backtracking line search reaches the optimum in tens of iterations
+    where L-BFGS needs hundreds (weak penalties are badly conditioned: measured 16 s against
+    0.3 s per probe on 8,000 x 128 features), and the answer no longer depends on an
+    iteration cap. ``max_iter`` bounds the Newton iterations per penalty.
     """
-    from scipy.optimize import minimize
+    from scipy.linalg import solve
+    from scipy.special import expit
 
     x, y = x_tr.double().cpu().numpy(), y_tr.double().cpu().numpy().reshape(-1)
     n, d = x.shape
+    xa = np.concatenate([x, np.ones((n, 1))], axis=1)  # the last weight is the bias
 
-    def objective(w: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
-        z = x @ w[:d] + w[d]
-        p = np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow
-        loss = np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * float(w[:d] @ w[:d])
-        residual = (p - y) / n
-        return loss, np.concatenate([x.T @ residual + l2 * w[:d], [residual.sum()]])
+    def loss_of(w: np.ndarray, l2: float) -> float:
+        z = xa @ w
+        return float(np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * (w[:d] @ w[:d]))
 
     head, w = nn.Linear(d, 1), np.zeros(d + 1)
     best_score, best_l2, best_w = -math.inf, None, None
     history: list[float] = []
     for l2 in sorted(l2_grid, reverse=True):  # strongest first, warm-started
-        w = minimize(objective, w, args=(float(l2),), jac=True, method="L-BFGS-B",
-                     options={"maxiter": max_iter, "gtol": 1e-6, "ftol": 1e-12}).x
+        penalty = np.full(d + 1, float(l2))
+        penalty[d] = 0.0
+        loss = loss_of(w, l2)
+        for _ in range(max_iter):
+            p = expit(xa @ w)
+            grad = xa.T @ (p - y) / n + penalty * w
+            if np.max(np.abs(grad)) < 1e-10:
+                break
+            hess = (xa * (p * (1.0 - p) / n)[:, None]).T @ xa + np.diag(penalty + 1e-12)
+            step = solve(hess, grad, assume_a="pos")
+            t, slope = 1.0, float(grad @ step)
+            while t > 1e-10:  # Armijo backtracking: Newton's full step can overshoot far from the optimum
+                candidate = loss_of(w - t * step, l2)
+                if candidate <= loss - 1e-4 * t * slope:
+                    break
+                t *= 0.5
+            if t <= 1e-10 or loss - candidate <= 1e-15 * max(1.0, abs(loss)):
+                break  # no further decrease in float64
+            w, loss = w - t * step, candidate
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(w[:d]).view(1, d))
             head.bias.fill_(float(w[d]))
@@ -298,7 +316,7 @@ def train_linear_probe(
         weight_decay: adamw weight decay on the weight (paper: 0.01).
         batch_size: adamw batch size (paper: 512).
         l2_grid: lbfgs penalties tried.
-        max_iter: lbfgs iterations per penalty.
+        max_iter: lbfgs iterations per penalty (Newton iterations for binary tasks).
         device: where to train; CPU by default.
 
     Returns:
@@ -354,7 +372,7 @@ def train_linear_probe(
             x_tr, y_tr, x_va, y_va_mh, y_va, task_type, num_outputs, seed, epochs, lr, weight_decay, batch_size, dev
         )
     elif task_type == "binary":
-        head, record = _fit_binary_lbfgs_b(x_tr, y_tr, x_va, y_va_mh, l2_grid, max_iter)
+        head, record = _fit_binary_newton(x_tr, y_tr, x_va, y_va_mh, l2_grid, max_iter)
         head = head.to(dev)
     else:
         head, record = _fit_lbfgs(x_tr, y_tr, x_va, y_va_mh, task_type, num_outputs, l2_grid, max_iter, dev)

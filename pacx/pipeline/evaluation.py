@@ -109,7 +109,7 @@ class EvaluationContext:
         cfg: the run configuration.
         out: the run folder (``backbones/``, ``teachers/``).
         encoders: ``{name: frozen timm ViT}``.
-        threads: torch threads for the multi-threaded parts (the segmentation probe).
+        threads: torch threads for the multi-threaded parts (feature extraction, the segmentation probe).
     """
 
     def __init__(self, cfg: Mapping[str, Any], out: Path, encoders: Mapping[str, Any], threads: int = 1) -> None:
@@ -146,9 +146,10 @@ class EvaluationContext:
             data = self.dataset(split)
             if limit is not None and limit < len(data):
                 data = torch.utils.data.Subset(data, range(limit))
-            self._features[key] = extract_features(
-                self.encoders[name], data, cache_dir=self.out / "eval" / "features", pool=pool, batch_size=128,
-                dataset_key=f"{key[1].resolve()}:{split}:{self.image_size}:{limit}")
+            with _threads(self.threads):  # whole-batch matmuls, unlike the probes, gain from threads
+                self._features[key] = extract_features(
+                    self.encoders[name], data, cache_dir=self.out / "eval" / "features", pool=pool, batch_size=128,
+                    dataset_key=f"{key[1].resolve()}:{split}:{self.image_size}:{limit}")
         return self._features[key]
 
     def labels(self, split: str, task: str) -> np.ndarray:

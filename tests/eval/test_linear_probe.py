@@ -123,8 +123,10 @@ def test_validation(splits):
         probe_task({"train": x["train"], "test": x["test"]}, y, "binary")
 
 
-def test_binary_lbfgs_b_reaches_the_same_optimum_as_torch_lbfgs():
-    from pacx.eval.linear_probe import _fit_binary_lbfgs_b, _fit_lbfgs
+def test_binary_newton_reaches_the_optimum_of_the_lbfgs_objective():
+    from scipy.optimize import minimize
+
+    from pacx.eval.linear_probe import _fit_binary_newton, _fit_lbfgs
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(700, 16)) @ rng.normal(size=(16, 16))  # correlated features, as class tokens are
@@ -134,10 +136,25 @@ def test_binary_lbfgs_b_reaches_the_same_optimum_as_torch_lbfgs():
     yt, yv = torch.tensor(y[:500], dtype=torch.float32).view(-1, 1), y[500:].reshape(-1, 1).astype(float)
     grid = (1e-4, 1e-2, 1.0)
     ref, ref_rec = _fit_lbfgs(xt, yt, xv, yv, "binary", 1, grid, 500, torch.device("cpu"))
-    new, new_rec = _fit_binary_lbfgs_b(xt, yt, xv, yv, grid, 500)
+    new, new_rec = _fit_binary_newton(xt, yt, xv, yv, grid, 100)
     assert new_rec["selected_l2"] == ref_rec["selected_l2"]
     with torch.no_grad():
         assert torch.allclose(torch.sigmoid(new(xv)), torch.sigmoid(ref(xv)), atol=2e-3)
+
+    # The exact optimum: SciPy's L-BFGS-B run to a tight tolerance on the same objective agrees.
+    l2, xn, yn = new_rec["selected_l2"], xt.double().numpy(), yt.double().numpy().ravel()
+
+    def objective(w):
+        z = xn @ w[:-1] + w[-1]
+        residual = (1 / (1 + np.exp(-z)) - yn) / len(yn)
+        loss = np.mean(np.logaddexp(0, z) - yn * z) + 0.5 * l2 * w[:-1] @ w[:-1]
+        return loss, np.append(xn.T @ residual + l2 * w[:-1], residual.sum())
+
+    w = minimize(objective, np.zeros(17), jac=True, method="L-BFGS-B",
+                 options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15}).x
+    ours = np.append(new.weight.detach().double().numpy().ravel(), float(new.bias))
+    assert np.abs(objective(ours)[1]).max() < 1e-8  # the gradient vanishes at Newton's answer
+    assert np.allclose(ours, w, atol=1e-4)
 
 
 def test_full_data_lbfgs_probe_is_fitted_once_for_every_seed():
