@@ -1,7 +1,7 @@
 """PaCX-MAE end to end: data, MAE prior, teachers, distillation, the control, evaluation and report.
 
 On a fresh machine with no data and no GPU this runs the whole method on the synthetic cohort
-(profile ``cpu``, about 15 minutes on 2 cores) and writes results.json, results.md, figures,
+(profile ``cpu``, about 24 minutes on 2 cores) and writes results.json, results.md, figures,
 checkpoints and the exported backbones under --out (and its log in log.txt). A finished stage
 is skipped when its outputs exist for the same configuration (--force reruns everything); after
 an interruption, --resume latest continues each interrupted training stage from its own latest

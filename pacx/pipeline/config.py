@@ -121,7 +121,7 @@ def config_hash(obj: Any) -> str:
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> argparse.ArgumentParser:
     """Add the options every recipe shares."""
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
-                        help="quick (about 2 min, tests), cpu (default, <=15 min on 2 cores), gpu (one H100/H200), "
+                        help="quick (about 2 min, tests), cpu (default, about 24 min on 2 cores), gpu (one H100/H200), "
                              "paper (GPUs), prior (rebuilds the shipped Stage-1 prior)")
     parser.add_argument("--config", default=None, help="YAML or JSON file overriding the profile")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
