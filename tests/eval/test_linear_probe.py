@@ -152,7 +152,7 @@ def test_binary_newton_reaches_the_optimum_of_the_lbfgs_objective():
 
     w = minimize(objective, np.zeros(17), jac=True, method="L-BFGS-B",
                  options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15}).x
-    ours = np.append(new.weight.detach().double().numpy().ravel(), float(new.bias))
+    ours = np.append(new.weight.detach().double().numpy().ravel(), float(new.bias.detach()))
     assert np.abs(objective(ours)[1]).max() < 1e-8  # the gradient vanishes at Newton's answer
     assert np.allclose(ours, w, atol=1e-4)
 
